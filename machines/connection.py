@@ -1,0 +1,115 @@
+"""The connection state machine (DESIGN section 2).
+
+One :class:`transitions.Machine` is built from :data:`STATES` and
+:data:`TRANSITIONS` and shared by every connection (``add_model`` per
+connection, ``remove_model`` on close): building a Machine per connection
+costs far more than a transition. Triggers fire on connection events, never
+per message. Diagrams in ``diagrams/`` are generated from these same tables.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any
+
+from transitions import EventData, Machine
+
+__all__ = [
+    "ConnectionModel",
+    "MACHINE",
+    "State",
+    "STATES",
+    "TRANSITIONS",
+    "TRIGGERS",
+    "Listener",
+    "build_machine",
+]
+
+
+class State(str, enum.Enum):
+    """Observable phases of one connection slot."""
+
+    DISCONNECTED = "disconnected"  # not running: before start, after close or give-up
+    CONNECTING = "connecting"  # dialing + WebSocket handshake
+    AUTHENTICATING = "authenticating"  # connector running (login before any subscribe)
+    SUBSCRIBING = "subscribing"  # subscriber running, waiting for acks
+    LIVE = "live"  # streaming; traffic within the deadline
+    STALE = "stale"  # silent past traffic_timeout; ping sent, waiting for the grace
+    RECONNECTING = "reconnecting"  # lost; waiting for the backoff / governor
+    CLOSING = "closing"  # user close: close handshake under a bounded timeout
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATES: tuple[State, ...] = tuple(State)
+
+_CONNECTED = [State.CONNECTING, State.AUTHENTICATING, State.SUBSCRIBING, State.LIVE, State.STALE]
+
+#: The transition table: the single source of truth for code and diagrams.
+TRANSITIONS: tuple[dict[str, Any], ...] = (
+    {"trigger": "connect", "source": State.DISCONNECTED, "dest": State.CONNECTING},
+    {"trigger": "opened", "source": State.CONNECTING, "dest": State.AUTHENTICATING, "conditions": "needs_auth"},
+    {"trigger": "opened", "source": State.CONNECTING, "dest": State.SUBSCRIBING, "unless": "needs_auth"},
+    {"trigger": "authenticated", "source": State.AUTHENTICATING, "dest": State.SUBSCRIBING},
+    {"trigger": "subscribed", "source": State.SUBSCRIBING, "dest": State.LIVE},
+    {"trigger": "silence", "source": State.LIVE, "dest": State.STALE},
+    {"trigger": "traffic", "source": State.STALE, "dest": State.LIVE},
+    {"trigger": "lost", "source": _CONNECTED, "dest": State.RECONNECTING},
+    {"trigger": "retry", "source": State.RECONNECTING, "dest": State.CONNECTING},
+    {"trigger": "give_up", "source": State.RECONNECTING, "dest": State.DISCONNECTED},
+    {"trigger": "close", "source": [*_CONNECTED, State.RECONNECTING], "dest": State.CLOSING},
+    {"trigger": "closed", "source": State.CLOSING, "dest": State.DISCONNECTED},
+)
+
+TRIGGERS: tuple[str, ...] = tuple(dict.fromkeys(t["trigger"] for t in TRANSITIONS))
+
+#: ``(source, dest, trigger, reason)``, called after every transition.
+Listener = Callable[[State, State, str, str], None]
+
+
+class ConnectionModel:
+    """The per-connection model the shared machine drives.
+
+    ``needs_auth`` selects the authenticated route out of ``connecting``;
+    ``listener`` hears every transition. Keeps default identity equality and
+    no ``__slots__``, as ``transitions`` requires.
+    """
+
+    state: State
+
+    def __init__(self, *, needs_auth: bool = False, listener: Listener | None = None) -> None:
+        self.needs_auth = needs_auth
+        self.listener = listener
+
+    def _after_change(self, event: EventData) -> None:
+        if self.listener is not None:
+            reason = event.kwargs.get("reason", "")
+            source = State[event.transition.source]
+            dest = State[event.transition.dest]
+            self.listener(source, dest, event.event.name, reason)
+
+    def fire(self, trigger: str, reason: str = "") -> bool:
+        """Fire ``trigger`` if it is allowed now; return whether it moved."""
+        if not getattr(self, f"may_{trigger}")():
+            return False
+        return bool(getattr(self, trigger)(reason=reason))
+
+
+def build_machine(machine_class: type[Machine] = Machine, **extra: Any) -> Machine:
+    """A Machine over the connection tables (``model=None``: add models later)."""
+    return machine_class(
+        model=extra.pop("model", None),
+        states=list(STATES),
+        transitions=[dict(t) for t in TRANSITIONS],
+        initial=State.DISCONNECTED,
+        auto_transitions=False,
+        send_event=True,
+        after_state_change="_after_change",
+        **extra,
+    )
+
+
+#: The machine every connection model is added to.
+MACHINE: Machine = build_machine()
