@@ -1,0 +1,191 @@
+"""The simulated exchange's JSON wire dialect: requests in, replies and data out.
+
+Pure functions and value types, no I/O and no clock. Every message is one JSON
+object in one text frame. ``id`` is echoed as sent (any JSON value; ``null``
+when the request had none or could not be parsed).
+
+Client -> server, with the server's answer:
+
+- ``{"op":"subscribe","channel":"ticker"|"trades","symbols":["BTC-USD"],"id":7}``
+  -> ``{"event":"subscribed","channel":"ticker","symbols":["BTC-USD"],"id":7}``
+- ``{"op":"unsubscribe", ...same fields}`` -> ``{"event":"unsubscribed", ...}``
+  (unsubscribing from something not subscribed is acknowledged too)
+- ``{"op":"login","key":"...","signature":"...","id":1}``
+  -> ``{"event":"login","ok":true,"id":1}``; any non-empty ``key`` is accepted,
+  a missing or empty one gives ``"ok":false`` with a ``"message"``
+- ``{"op":"ping","id":3}`` -> ``{"event":"pong","id":3}``
+- anything wrong -> ``{"event":"error","id":...,"code":...,"message":"..."}`` and
+  the connection stays open: code 400 (:data:`BAD_REQUEST`) for invalid JSON, a
+  non-object, an unknown ``op``, a missing/ill-typed field or a binary frame;
+  404 (:data:`NOT_FOUND`) for an unknown channel or symbol (the whole request is
+  refused, nothing changes).
+
+Server -> client data, only for subscribed (channel, symbol) pairs:
+
+- ``{"channel":"ticker","symbol":"BTC-USD","bid":"49990.12","ask":"49995.12","seq":1,"ts":12.5}``
+- ``{"channel":"trades","symbol":"ETH-USD","price":"3001.50","size":"0.1250","side":"buy","seq":1,"ts":12.5}``
+
+Prices and sizes are decimal strings; ``seq`` counts messages per connection
+and subscription from 1 without gaps (messages a stall made the server skip are
+never numbered) and restarts after an unsubscribe; ``ts`` is the server's
+``anyio.current_time()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from engine.sim.market import Quote, Trade
+
+__all__ = [
+    "BAD_REQUEST",
+    "CHANNELS",
+    "NOT_FOUND",
+    "Invalid",
+    "Login",
+    "Ping",
+    "Request",
+    "Subscribe",
+    "Unsubscribe",
+    "encode",
+    "error",
+    "login_result",
+    "parse_request",
+    "pong",
+    "subscription_ack",
+    "ticker_message",
+    "trade_message",
+]
+
+CHANNELS = ("ticker", "trades")
+BAD_REQUEST = 400
+NOT_FOUND = 404
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Start ``channel`` for ``symbols`` (deduplicated, in request order)."""
+
+    channel: str
+    symbols: tuple[str, ...]
+    id: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """Stop ``channel`` for ``symbols``."""
+
+    channel: str
+    symbols: tuple[str, ...]
+    id: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """Authenticate; ``key`` may be empty (then the login fails)."""
+
+    key: str
+    id: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Application-level ping."""
+
+    id: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A request that gets an error event instead of being carried out."""
+
+    code: int
+    message: str
+    id: Any = None
+
+
+Request = Subscribe | Unsubscribe | Login | Ping | Invalid
+
+
+def parse_request(text: str | bytes, symbols: Collection[str]) -> Request:
+    """Decode and validate one client message against the known ``symbols``."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return Invalid(BAD_REQUEST, f"invalid JSON: {exc}")
+    if not isinstance(data, dict):
+        return Invalid(BAD_REQUEST, f"a request must be a JSON object, not {type(data).__name__}")
+    request_id = data.get("id")
+    op = data.get("op")
+    if op == "ping":
+        return Ping(request_id)
+    if op == "login":
+        key = data.get("key")
+        return Login(key if isinstance(key, str) else "", request_id)
+    if op not in ("subscribe", "unsubscribe"):
+        return Invalid(BAD_REQUEST, f"unknown op {op!r}", request_id)
+    channel = data.get("channel")
+    if not isinstance(channel, str):
+        return Invalid(BAD_REQUEST, "'channel' must be a string", request_id)
+    if channel not in CHANNELS:
+        return Invalid(NOT_FOUND, f"unknown channel {channel!r} (known: {', '.join(CHANNELS)})", request_id)
+    wanted = data.get("symbols")
+    if not isinstance(wanted, list) or not wanted or not all(isinstance(s, str) for s in wanted):
+        return Invalid(BAD_REQUEST, "'symbols' must be a non-empty list of strings", request_id)
+    unknown = [s for s in wanted if s not in symbols]
+    if unknown:
+        return Invalid(NOT_FOUND, f"unknown symbol(s): {', '.join(unknown)}", request_id)
+    chosen = tuple(dict.fromkeys(wanted))
+    if op == "subscribe":
+        return Subscribe(channel, chosen, request_id)
+    return Unsubscribe(channel, chosen, request_id)
+
+
+def encode(message: dict[str, Any]) -> str:
+    """One message as the text of a frame."""
+    return orjson.dumps(message).decode()
+
+
+def subscription_ack(request: Subscribe | Unsubscribe) -> dict[str, Any]:
+    """``subscribed`` / ``unsubscribed`` for a carried-out request."""
+    event = "subscribed" if isinstance(request, Subscribe) else "unsubscribed"
+    return {"event": event, "channel": request.channel, "symbols": list(request.symbols), "id": request.id}
+
+
+def login_result(request: Login) -> dict[str, Any]:
+    """The answer to a login: ok for any non-empty key."""
+    if request.key:
+        return {"event": "login", "ok": True, "id": request.id}
+    return {"event": "login", "ok": False, "id": request.id, "message": "empty or missing 'key'"}
+
+
+def pong(request: Ping) -> dict[str, Any]:
+    """The answer to an application-level ping."""
+    return {"event": "pong", "id": request.id}
+
+
+def error(request: Invalid) -> dict[str, Any]:
+    """The error event for a refused request."""
+    return {"event": "error", "id": request.id, "code": request.code, "message": request.message}
+
+
+def ticker_message(symbol: str, quote: Quote, seq: int, ts: float) -> dict[str, Any]:
+    """A ticker data message."""
+    return {"channel": "ticker", "symbol": symbol, "bid": quote.bid, "ask": quote.ask, "seq": seq, "ts": ts}
+
+
+def trade_message(symbol: str, trade: Trade, seq: int, ts: float) -> dict[str, Any]:
+    """A trades data message."""
+    return {
+        "channel": "trades",
+        "symbol": symbol,
+        "price": trade.price,
+        "size": trade.size,
+        "side": trade.side,
+        "seq": seq,
+        "ts": ts,
+    }

@@ -1,0 +1,306 @@
+"""A minimal in-process simulated exchange: a WebSocket server for tests and the demo.
+
+It serves the JSON dialect described in :mod:`engine.sim.dialect` (subscribe,
+unsubscribe, login, ping; ticker and trades data from a seeded random walk) over
+in-memory streams (:meth:`SimExchange.dialer`, for virtual clocks) or real
+sockets on 127.0.0.1 only (:meth:`SimExchange.listen_tcp`), and injects faults
+on command: :meth:`~SimExchange.drop`, :meth:`~SimExchange.stall` /
+:meth:`~SimExchange.resume`, :meth:`~SimExchange.close_all`,
+:meth:`~SimExchange.reject_next`, :meth:`~SimExchange.send_raw_next`.
+
+Wire dialect in short (one JSON object per text frame; ``id`` echoed as sent):
+
+- ``{"op":"subscribe","channel":"ticker"|"trades","symbols":[...],"id":7}``
+  -> ``{"event":"subscribed","channel":...,"symbols":[...],"id":7}``;
+  ``"op":"unsubscribe"`` -> ``{"event":"unsubscribed",...}``
+- ``{"op":"login","key":"...","signature":"..."}`` -> ``{"event":"login","ok":true,"id":...}``
+  (``ok`` is false for a missing or empty key)
+- ``{"op":"ping","id":N}`` -> ``{"event":"pong","id":N}``
+- bad JSON, unknown op or missing field -> ``{"event":"error","id":...,"code":400,"message":...}``;
+  unknown channel or symbol -> the same with ``"code":404``; the connection stays open
+- data, per subscribed (channel, symbol), ``rate`` per second:
+  ``{"channel":"ticker","symbol":"BTC-USD","bid":"...","ask":"...","seq":N,"ts":T}`` and
+  ``{"channel":"trades","symbol":...,"price":"...","size":"...","side":"buy"|"sell","seq":N,"ts":T}``;
+  prices are decimal strings, ``seq`` counts from 1 per connection and
+  subscription (no gaps), ``ts`` is ``anyio.current_time()`` on the server;
+  the first message follows the ``subscribed`` ack at once.
+
+Faults: ``drop`` resets (no close frame); ``stall`` freezes sending on the
+current connections (no data, pings unanswered, replies held until ``resume``);
+``close_all`` sends a close frame and waits a bounded time for the reply;
+``reject_next`` answers the next handshake with an HTTP status.
+
+Protocol-level pings are answered with pongs (not while stalled); a client's
+close frame is answered with the same code, then the server closes the stream.
+
+Only anyio is used (never asyncio or trio directly) and time is always
+``anyio.current_time()``, so the sim runs on virtual clocks (looptime, trio's
+MockClock) as well as on the real one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+import anyio
+from anyio.abc import ByteStream, Listener, SocketAttribute, TaskGroup
+
+from engine.sim.schedule import Schedule
+from engine.sim.session import Acceptance, Admission, Rejection, Session
+from transports.base import URL
+from transports.memory import memory_pair
+
+__all__ = ["SimExchange", "SimStats"]
+
+log = logging.getLogger("wirestate.sim")
+
+_LOOPBACK = "127.0.0.1"
+_RESERVED_CLOSE_CODES = frozenset({1004, 1005, 1006, 1015})
+
+
+@dataclass(frozen=True, slots=True)
+class SimStats:
+    """Counters of a :class:`SimExchange` at one moment."""
+
+    connections: int  # open client connections (handshake accepted, not ended)
+    accepted: int  # handshakes accepted so far
+    rejected: int  # handshakes answered by a reject_next() status
+    data_messages: int  # ticker/trades messages written, over all connections
+
+
+class SimExchange:
+    """An in-process WebSocket exchange with fault controls.
+
+    Use it as an async context manager; every task it starts belongs to its own
+    task group, and leaving the block cancels and closes everything::
+
+        async with SimExchange(rate=5.0) as sim:
+            conn = Connection(setup, dialer=sim.dialer())   # in memory, virtual time
+            ...
+            sim.drop()                                       # every client sees a reset
+
+    ``rate`` is the number of data messages per second for each subscribed
+    (channel, symbol) pair of each connection (0 means no data). ``symbols``
+    are the known symbols. ``seed`` makes prices reproducible: the connections
+    accepted in the same order see the same prices.
+    """
+
+    #: Seconds :meth:`close_all` waits for clients to answer the close frame.
+    close_timeout: float = 2.0
+
+    def __init__(
+        self,
+        *,
+        rate: float = 10.0,
+        symbols: Sequence[str] = ("BTC-USD", "ETH-USD"),
+        seed: int = 0,
+    ) -> None:
+        Schedule(rate)  # validates the rate
+        if isinstance(symbols, str) or not symbols or not all(isinstance(s, str) and s for s in symbols):
+            raise ValueError("symbols must be a non-empty sequence of non-empty strings")
+        self._rate = float(rate)
+        self._symbols = tuple(dict.fromkeys(symbols))
+        self._rng = random.Random(seed)
+        self._tg: TaskGroup | None = None
+        self._live: list[Session] = []
+        self._rejections: deque[Rejection] = deque()
+        self._raw: deque[bytes] = deque()
+        self._accepted = 0
+        self._rejected = 0
+        self._ended_data = 0
+        self._changed: anyio.Event | None = None
+
+    # -- lifetime ------------------------------------------------------------
+
+    async def __aenter__(self) -> SimExchange:
+        """Open the sim's task group; the sim serves until the block is left."""
+        if self._tg is not None:
+            raise RuntimeError("this SimExchange is already running")
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        """Cancel every task (listeners and connections) and close every stream."""
+        tg = self._tg
+        if tg is None:
+            return None
+        tg.cancel_scope.cancel()
+        try:
+            return await tg.__aexit__(exc_type, exc, tb)
+        finally:
+            self._tg = None
+
+    def _task_group(self) -> TaskGroup:
+        if self._tg is None:
+            raise RuntimeError("use the SimExchange inside 'async with' before connecting to it")
+        return self._tg
+
+    # -- transports ------------------------------------------------------------
+
+    def dialer(self) -> Callable[[URL], Awaitable[ByteStream]]:
+        """A dialer over the in-memory transport (no sockets: fine on virtual clocks).
+
+        Each dial makes a :func:`~transports.memory.memory_pair`, serves one end
+        in the sim's task group and returns the other. The URL is not looked at:
+        every dial reaches this sim.
+        """
+
+        async def dial(url: URL) -> ByteStream:
+            tg = self._task_group()
+            client, server = memory_pair()
+            tg.start_soon(self._serve, server)
+            return client
+
+        return dial
+
+    async def listen_tcp(self, port: int = 0) -> int:
+        """Serve on 127.0.0.1:``port`` (0: any free port) until the sim closes; returns the port."""
+        tg = self._task_group()
+        listener = await anyio.create_tcp_listener(local_host=_LOOPBACK, local_port=port)
+        bound: int = listener.extra(SocketAttribute.local_port)
+        tg.start_soon(self._accept_loop, listener, bound)
+        log.debug("sim listening on %s:%d", _LOOPBACK, bound)
+        return bound
+
+    async def _accept_loop(self, listener: Listener[ByteStream], port: int) -> None:
+        async with listener:
+            try:
+                await listener.serve(self._serve, task_group=self._task_group())
+            except OSError as exc:  # e.g. out of file descriptors: stop listening, keep the rest
+                log.warning("sim listener on port %d stopped: %s", port, exc)
+
+    async def _serve(self, stream: ByteStream) -> None:
+        session = Session(stream, symbols=self._symbols, rate=self._rate, admit=self._admit, on_end=self._ended)
+        await session.run()
+
+    def _admit(self, session: Session) -> Admission:
+        if self._rejections:
+            self._rejected += 1
+            return self._rejections.popleft()
+        self._accepted += 1
+        self._live.append(session)
+        self._notify()
+        rng = random.Random(self._rng.getrandbits(64))
+        return Acceptance(rng, self._raw.popleft() if self._raw else b"")
+
+    def _ended(self, session: Session) -> None:
+        self._ended_data += session.data_sent
+        if session in self._live:
+            self._live.remove(session)
+            self._notify()
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    # -- fault controls ----------------------------------------------------------
+
+    def drop(self) -> None:
+        """Reset every live connection, without a close frame.
+
+        In memory the client's next receive raises ``BrokenResourceError``; over
+        TCP the socket is closed with SO_LINGER 0 (the client sees a reset).
+        The connections count drops to 0 at once.
+        """
+        sessions, self._live = self._live, []
+        for session in sessions:
+            session.reset()
+        if sessions:
+            self._notify()
+
+    def stall(self) -> None:
+        """Freeze the current connections: nothing sent (no data, no pongs), socket kept open.
+
+        Requests still arrive and take effect; their replies are held and sent on
+        :meth:`resume`. Connections accepted later are not stalled.
+        """
+        for session in self._live:
+            session.stall()
+
+    def resume(self) -> None:
+        """End a stall: held replies go out, then data flows again (missed messages are skipped)."""
+        for session in self._live:
+            session.resume()
+
+    async def close_all(self, code: int = 1000, reason: str = "") -> None:
+        """Send a close frame with ``code`` to every client (even stalled ones).
+
+        Each connection ends after the client's reply or after
+        :attr:`close_timeout` seconds, whichever comes first; returns when all
+        have ended.
+        """
+        if not 1000 <= code <= 4999 or code in _RESERVED_CLOSE_CODES:
+            raise ValueError(f"{code} cannot be sent as a close code")
+        async with anyio.create_task_group() as tg:
+            for session in list(self._live):
+                tg.start_soon(session.close, code, reason, self.close_timeout)
+
+    def reject_next(self, status: int, headers: Sequence[tuple[str, str]] = (), body: bytes = b"") -> None:
+        """Answer the next handshake with HTTP ``status`` (e.g. 429 with ``("Retry-After", "2")``).
+
+        Calls queue up: two calls reject the next two handshakes.
+        """
+        if not 200 <= status <= 599 or status == 101:
+            raise ValueError(f"status must be an HTTP error or success code (200-599), not {status}")
+        self._rejections.append(Rejection(status, tuple((str(k), str(v)) for k, v in headers), bytes(body)))
+
+    def send_raw_next(self, data: bytes) -> None:
+        """Write ``data`` as is right after the next accepted handshake's 101 (for protocol tests)."""
+        self._raw.append(bytes(data))
+
+    # -- views -------------------------------------------------------------------
+
+    @property
+    def connections(self) -> int:
+        """Currently open client connections (handshake accepted, not yet ended)."""
+        return len(self._live)
+
+    @property
+    def accepted(self) -> int:
+        """Handshakes accepted so far."""
+        return self._accepted
+
+    @property
+    def rejected(self) -> int:
+        """Handshakes answered with a :meth:`reject_next` status so far."""
+        return self._rejected
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """The known symbols."""
+        return self._symbols
+
+    @property
+    def subscriptions(self) -> list[frozenset[tuple[str, str]]]:
+        """Per open connection, in accept order: its ``(channel, symbol)`` subscriptions."""
+        return [session.subscriptions for session in self._live]
+
+    @property
+    def authenticated(self) -> list[bool]:
+        """Per open connection, in accept order: whether it logged in successfully."""
+        return [session.authenticated for session in self._live]
+
+    def stats(self) -> SimStats:
+        """The counters as one snapshot."""
+        data = self._ended_data + sum(session.data_sent for session in self._live)
+        return SimStats(len(self._live), self._accepted, self._rejected, data)
+
+    async def wait_connections(self, count: int) -> None:
+        """Wait until exactly ``count`` connections are open (bound it with ``anyio.fail_after``)."""
+        while len(self._live) != count:
+            if self._changed is None:
+                self._changed = anyio.Event()
+            await self._changed.wait()
