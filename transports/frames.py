@@ -202,6 +202,7 @@ class FrameDecoder:
         "_limit",
         "_need",
         "_op",
+        "_partial_utf8",
         "_parts",
         "_size",
         "_utf8",
@@ -226,6 +227,9 @@ class FrameDecoder:
         self._parts = bytearray()
         self._size = 0
         self._utf8: codecs.IncrementalDecoder | None = None
+        # Validator for the available bytes of an incomplete *text* frame, so
+        # invalid UTF-8 fails as soon as it arrives, not when the frame ends.
+        self._partial_utf8: codecs.IncrementalDecoder | None = None
         self._finished = False
         #: True when the last :meth:`feed` returned a Ping, Pong, Close or
         #: Failure: lets callers skip scanning plain message batches.
@@ -254,9 +258,16 @@ class FrameDecoder:
             chunks.append(data)
             self._have += len(data)
             if self._have < self._need:
-                return []  # still short of the frame: join nothing yet
+                # Still short of the frame: join nothing yet.
+                if self._partial_utf8 is not None:
+                    try:
+                        self._partial_utf8.decode(data)
+                    except UnicodeDecodeError:
+                        return self._fail([], 1007, "invalid UTF-8 in text message")
+                return []
             buf = b"".join(chunks)
             chunks.clear()
+            self._partial_utf8 = None  # the complete frame is validated below
         else:
             buf = data
 
@@ -308,38 +319,20 @@ class FrameDecoder:
                 if b1 & 0x80:
                     return self._fail(out, 1002, "masked frame from server")
                 opc = b0 & 0x0F
-                ln = b1  # mask bit is clear, so this is the 7-bit length
-
                 if opc >= 8:
                     if opc > 0xA:
                         return self._fail(out, 1002, f"reserved opcode {opc:#x}")
                     if b0 < 0x80:
                         return self._fail(out, 1002, "fragmented control frame")
-                    if ln > 125:
-                        return self._fail(out, 1002, "control frame payload longer than 125 bytes")
-                    e = i + 2 + ln
-                    if e > n:
-                        need = 2 + ln
-                        break
-                    payload = buf[i + 2 : e]
-                    i = e
-                    self.controls = True
-                    if opc == 0x9:
-                        append(Ping(payload))
-                    elif opc == 0xA:
-                        append(Pong(payload))
-                    else:
-                        return self._close(out, payload)
-                    continue
-
-                if opc > 2:
+                elif opc > 2:
                     return self._fail(out, 1002, f"reserved opcode {opc:#x}")
-                if opc:
+                elif opc:
                     if op:
                         return self._fail(out, 1002, "new data frame while a fragmented message is in progress")
                 elif not op:
                     return self._fail(out, 1002, "continuation frame without a message in progress")
 
+                ln = b1  # mask bit is clear, so this is the 7-bit length
                 if ln < 126:
                     s = i + 2
                 elif ln == 126:
@@ -356,6 +349,27 @@ class FrameDecoder:
                     if ln >> 63:
                         return self._fail(out, 1002, "64-bit payload length with the most significant bit set")
                     s = i + 10
+
+                if opc >= 8:
+                    # Non-minimal length encodings are tolerated, so the 125-byte
+                    # cap applies to the decoded length.
+                    if ln > 125:
+                        return self._fail(out, 1002, "control frame payload longer than 125 bytes")
+                    e = s + ln
+                    if e > n:
+                        need = e - i
+                        break
+                    payload = buf[s:e]
+                    i = e
+                    self.controls = True
+                    if opc == 0x9:
+                        append(Ping(payload))
+                    elif opc == 0xA:
+                        append(Pong(payload))
+                    else:
+                        return self._close(out, payload)
+                    continue
+
                 limit = self._limit
                 if limit is not None:
                     # Checked on the header alone so an oversized message is
@@ -366,6 +380,8 @@ class FrameDecoder:
                 e = s + ln
                 if e > n:
                     need = e - i
+                    if opc == 1 or (not opc and op == 1):
+                        self._start_partial_utf8(opc, buf[s:n])
                     break
                 payload = buf[s:e]
                 i = e
@@ -408,6 +424,14 @@ class FrameDecoder:
             self._need = need
         return out
 
+    def _start_partial_utf8(self, opc: int, available: bytes) -> None:
+        """Validate what has arrived of an incomplete text frame (raises UnicodeDecodeError)."""
+        validator = _Utf8Decoder()
+        if not opc and self._utf8 is not None:
+            validator.setstate(self._utf8.getstate())  # continue the message's state
+        validator.decode(available)
+        self._partial_utf8 = validator
+
     def _close(self, out: list[object], payload: bytes) -> list[object]:
         # The peer's close frame ends decoding, valid or not.
         n = len(payload)
@@ -437,6 +461,7 @@ class FrameDecoder:
     def _stop(self) -> None:
         # Finished: drop every buffer so nothing is retained or parsed again.
         self._finished = True
+        self._partial_utf8 = None
         self._chunks.clear()
         self._have = self._need = 0
         self._op = 0
