@@ -1,0 +1,588 @@
+"""The benchmark clients, one per library, and the per-process entry point.
+
+Every measurement runs in a fresh process (``python -m benchmarks.clients``)
+so no client inherits another's warm caches or heap, and prints one JSON
+object on stdout. A watchdog thread ends the process if it overruns its
+``--timeout`` (a stuck client must never hang the whole run).
+
+Each client offers the same three things:
+
+``throughput(port, n, decode)``
+    connect to the blast server, count N text messages (optionally decoding
+    each), return the seconds from just before connect until the N-th message
+    (``time.perf_counter`` inside this process).
+``idle(port)``
+    an async context manager that opens one connection, waits for the hold
+    server's ``hello`` message (so "open" means the same for everyone), keeps
+    it open, and closes it (client-initiated close handshake) on exit. Used
+    for the handshake latency (enter + exit, timed) and idle memory (enter
+    1,000 times, measure RSS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+__all__ = ["CLIENTS", "DECODERS", "Client", "main", "rss_bytes"]
+
+Decode = Callable[[Any], Any]
+READ_SIZE = 256 * 1024  # socket read size for the hand-driven clients
+
+
+# -- decoders ---------------------------------------------------------------
+
+
+def _typed_decoder() -> Decode:
+    """Fastest JSON -> typed event we found: ``msgspec.json.Decoder(Trade)``.
+
+    Measured on the benchmark message: msgspec typed decode ~0.19 µs,
+    ``orjson.loads`` alone ~0.41 µs, ``orjson.loads`` + a slotted class built
+    from the dict ~0.76 µs. Unknown fields (``pad``) are skipped.
+    """
+    import msgspec
+
+    class Trade(msgspec.Struct, gc=False):
+        channel: str
+        symbol: str
+        price: str
+        size: str
+        side: str
+        seq: int
+        ts: float
+
+    return msgspec.json.Decoder(Trade).decode
+
+
+def _orjson_decoder() -> Decode:
+    import orjson
+
+    return orjson.loads
+
+
+#: decode mode -> factory of a callable taking str / bytes / memoryview.
+DECODERS: dict[str, Callable[[], Decode | None]] = {
+    "none": lambda: None,
+    "orjson": _orjson_decoder,
+    "typed": _typed_decoder,
+}
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process, from /proc/self/statm."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# -- clients -------------------------------------------------------------------
+
+
+class Client:
+    """Base: a library under test. Subclasses implement the two verbs."""
+
+    #: how to run the coroutine: plain asyncio or anyio (on asyncio)
+    runner = "asyncio"
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def throughput(self, port: int, n: int, decode: Decode | None) -> float:
+        raise NotImplementedError
+
+    def idle(self, port: int) -> contextlib.AbstractAsyncContextManager[Any]:
+        raise NotImplementedError
+
+
+class WebsocketsClient(Client):
+    """python-websockets, new asyncio implementation (the 1.0 reference)."""
+
+    async def throughput(self, port: int, n: int, decode: Decode | None) -> float:
+        from websockets.asyncio.client import connect
+
+        count = 0
+        t0 = time.perf_counter()
+        async with connect(f"ws://127.0.0.1:{port}/", max_size=None) as ws:
+            if decode is None:
+                async for _ in ws:
+                    count += 1
+                    if count == n:
+                        break
+            else:
+                async for message in ws:
+                    decode(message)
+                    count += 1
+                    if count == n:
+                        break
+            elapsed = time.perf_counter() - t0
+        _check(count, n)
+        return elapsed
+
+    @contextlib.asynccontextmanager
+    async def idle(self, port: int) -> AsyncIterator[Any]:
+        from websockets.asyncio.client import connect
+
+        async with connect(f"ws://127.0.0.1:{port}/") as ws:
+            await ws.recv()  # hello
+            yield ws
+
+
+class AiohttpClient(Client):
+    """aiohttp ``ClientSession.ws_connect`` with a ``receive()`` loop; one session per process."""
+
+    session: Any = None
+
+    async def __aenter__(self) -> Client:
+        import aiohttp
+
+        # limit=0: idle-memory opens 1,000 WebSockets through this one session.
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.close()
+
+    async def throughput(self, port: int, n: int, decode: Decode | None) -> float:
+        from aiohttp import WSMsgType
+
+        text, closing = WSMsgType.TEXT, (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR)
+        count = 0
+        t0 = time.perf_counter()
+        async with self.session.ws_connect(f"ws://127.0.0.1:{port}/", max_msg_size=0) as ws:
+            receive = ws.receive
+            while count < n:
+                msg = await receive()
+                if msg.type is text:
+                    if decode is not None:
+                        decode(msg.data)
+                    count += 1
+                elif msg.type in closing:
+                    break
+            elapsed = time.perf_counter() - t0
+        _check(count, n)
+        return elapsed
+
+    @contextlib.asynccontextmanager
+    async def idle(self, port: int) -> AsyncIterator[Any]:
+        async with self.session.ws_connect(f"ws://127.0.0.1:{port}/") as ws:
+            await ws.receive()  # hello
+            yield ws
+
+
+class PicowsClient(Client):
+    """picows with its listener callback API; messages counted in ``on_ws_frame``."""
+
+    @staticmethod
+    def _listener(n: int, decode: Decode | None, done: asyncio.Future[None]) -> Any:
+        from picows import WSListener, WSMsgType
+
+        text, close = WSMsgType.TEXT, WSMsgType.CLOSE
+
+        class Listener(WSListener):  # type: ignore[misc]
+            count = 0
+
+            def on_ws_frame(self, transport: Any, frame: Any) -> None:
+                kind = frame.msg_type
+                if kind == text:
+                    if decode is not None:
+                        decode(frame.get_payload_as_memoryview())
+                    self.count += 1
+                    if self.count == n and not done.done():
+                        done.set_result(None)
+                elif kind == close:
+                    if not transport.is_close_frame_sent:
+                        transport.send_close(frame.get_close_code())
+                    transport.disconnect()
+                    if not done.done():
+                        done.set_result(None)
+
+        return Listener
+
+    async def throughput(self, port: int, n: int, decode: Decode | None) -> float:
+        from picows import ws_connect
+
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        listener_cls = self._listener(n, decode, done)
+        t0 = time.perf_counter()
+        transport, listener = await ws_connect(listener_cls, f"ws://127.0.0.1:{port}/", max_frame_size=1 << 30)
+        await done
+        elapsed = time.perf_counter() - t0
+        _check(listener.count, n)
+        transport.send_close()
+        transport.disconnect()
+        await asyncio.wait_for(transport.wait_disconnected(), 5)
+        return elapsed
+
+    @contextlib.asynccontextmanager
+    async def idle(self, port: int) -> AsyncIterator[Any]:
+        from picows import ws_connect
+
+        hello: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        transport, _ = await ws_connect(self._listener(1, None, hello), f"ws://127.0.0.1:{port}/")
+        await hello
+        try:
+            yield transport
+        finally:
+            transport.send_close()  # the server echoes it and hangs up
+            await asyncio.wait_for(transport.wait_disconnected(), 5)
+
+
+class WsprotoAnyioClient(Client):
+    """Plain wsproto driven by ``anyio.connect_tcp``; partial TextMessages reassembled."""
+
+    runner = "anyio"
+
+    async def throughput(self, port: int, n: int, decode: Decode | None) -> float:
+        import anyio
+        from wsproto import ConnectionType, WSConnection
+        from wsproto.events import CloseConnection, Request, TextMessage
+
+        count = 0
+        parts: list[str] = []
+        t0 = time.perf_counter()
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            ws = WSConnection(ConnectionType.CLIENT)
+            await stream.send(ws.send(Request(host=f"127.0.0.1:{port}", target="/")))
+            while count < n:
+                ws.receive_data(await stream.receive(READ_SIZE))
+                for event in ws.events():
+                    if type(event) is TextMessage:
+                        if not event.message_finished:
+                            parts.append(event.data)
+                            continue
+                        message = "".join([*parts, event.data]) if parts else event.data
+                        parts.clear()
+                        if decode is not None:
+                            decode(message)
+                        count += 1
+                    elif isinstance(event, CloseConnection):
+                        if count < n:
+                            raise RuntimeError(f"server closed after {count} of {n} messages")
+                        await stream.send(ws.send(event.response()))
+            elapsed = time.perf_counter() - t0
+            await _wsproto_close(ws, stream)
+        _check(count, n)
+        return elapsed
+
+    @contextlib.asynccontextmanager
+    async def idle(self, port: int) -> AsyncIterator[Any]:
+        import anyio
+        from wsproto import ConnectionType, WSConnection
+        from wsproto.events import CloseConnection, Ping, Request, TextMessage
+
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            ws = WSConnection(ConnectionType.CLIENT)
+            await stream.send(ws.send(Request(host=f"127.0.0.1:{port}", target="/")))
+            hello = anyio.Event()
+            stop = anyio.Event()
+
+            async def reader() -> None:
+                # What a real client keeps per connection: a task reading frames.
+                with anyio.CancelScope() as scope:
+                    scope_box.append(scope)
+                    while True:
+                        ws.receive_data(await stream.receive(READ_SIZE))
+                        for event in ws.events():
+                            if isinstance(event, TextMessage):
+                                hello.set()
+                            elif isinstance(event, Ping):
+                                await stream.send(ws.send(event.response()))
+                            elif isinstance(event, CloseConnection):
+                                stop.set()
+                                return
+
+            scope_box: list[anyio.CancelScope] = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reader)
+                await hello.wait()
+                try:
+                    yield stream
+                finally:
+                    scope_box[0].cancel()
+            await _wsproto_close(ws, stream)
+
+
+async def _wsproto_close(ws: Any, stream: Any) -> None:
+    """Client-initiated close handshake for the wsproto client, bounded."""
+    import anyio
+    from wsproto.connection import ConnectionState
+    from wsproto.events import CloseConnection
+
+    if ws.state is not ConnectionState.OPEN:
+        return
+    await stream.send(ws.send(CloseConnection(code=1000)))
+    with anyio.move_on_after(5):
+        while True:
+            try:
+                data = await stream.receive(READ_SIZE)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                return
+            ws.receive_data(data)
+            if any(isinstance(e, CloseConnection) for e in ws.events()):
+                return
+
+
+class RawSocketClient(Client):
+    """Ceiling: hand-made handshake, then count raw bytes in ``data_received`` (no parsing)."""
+
+    async def throughput(self, port: int, n: int, decode: Decode | None) -> float:
+        from benchmarks.blast import build_stream
+
+        if decode is not None:
+            raise ValueError("the raw-socket ceiling does not parse, so it cannot decode")
+        expected = len(build_stream(n))  # exact byte count of N frames (built before timing)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        class Counter(asyncio.Protocol):
+            received = 0
+            upgraded = False
+            transport: Any = None
+
+            def connection_made(self, transport: Any) -> None:
+                self.transport = transport
+                transport.write(
+                    f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+                )
+
+            def data_received(self, data: bytes) -> None:
+                if not self.upgraded:
+                    end = data.find(b"\r\n\r\n")
+                    self.upgraded = True
+                    data = data[end + 4 :]
+                self.received += len(data)
+                if self.received >= expected and not done.done():
+                    done.set_result(None)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                if not done.done():
+                    done.set_exception(ConnectionError("closed before all bytes arrived"))
+
+        t0 = time.perf_counter()
+        transport, _ = await loop.create_connection(Counter, "127.0.0.1", port)
+        await done
+        elapsed = time.perf_counter() - t0
+        transport.close()
+        return elapsed
+
+
+class WirestateClient(Client):
+    """wirestate's Connection, on asyncio via anyio."""
+
+    runner = "anyio"
+
+    def __init__(self, frame_path: str, batch: bool) -> None:
+        self.frame_path = frame_path
+        self.batch = batch
+
+    async def throughput(self, port: int, n: int, decode: Decode | None) -> float:
+        import anyio
+        from engine import Connection, ConnectionSetup
+
+        done = anyio.Event()
+        count = 0
+
+        # Plain (sync) handlers: the cheapest shape the engine accepts.
+        if self.batch:
+            if decode is None:
+
+                def on_batch(conn: Any, messages: list[Any]) -> None:
+                    nonlocal count
+                    count += len(messages)
+                    if count >= n:
+                        done.set()
+
+            else:
+
+                def on_batch(conn: Any, messages: list[Any]) -> None:
+                    nonlocal count
+                    for message in messages:
+                        decode(message)
+                    count += len(messages)
+                    if count >= n:
+                        done.set()
+
+            setup = ConnectionSetup(url=f"ws://127.0.0.1:{port}/", batch_handler=on_batch, frame_path=self.frame_path)
+        else:
+            if decode is None:
+
+                def on_message(conn: Any, message: Any) -> None:
+                    nonlocal count
+                    count += 1
+                    if count >= n:
+                        done.set()
+
+            else:
+
+                def on_message(conn: Any, message: Any) -> None:
+                    nonlocal count
+                    decode(message)
+                    count += 1
+                    if count >= n:
+                        done.set()
+
+            setup = ConnectionSetup(url=f"ws://127.0.0.1:{port}/", handler=on_message, frame_path=self.frame_path)
+
+        t0 = time.perf_counter()
+        async with Connection(setup) as conn:
+            await done.wait()
+            elapsed = time.perf_counter() - t0
+            # The engine reconnects on its own: N messages over two sessions is no valid run.
+            lost = [e for e in getattr(conn, "history", ()) if getattr(e, "trigger", "") == "lost"]
+        if lost:
+            raise RuntimeError(f"connection lost and re-established during the run ({lost[0].reason})")
+        _check(count, n)
+        return elapsed
+
+    @contextlib.asynccontextmanager
+    async def idle(self, port: int) -> AsyncIterator[Any]:
+        import anyio
+        from engine import Connection, ConnectionSetup
+
+        hello = anyio.Event()
+
+        def on_message(conn: Any, message: Any) -> None:
+            hello.set()
+
+        setup = ConnectionSetup(url=f"ws://127.0.0.1:{port}/", handler=on_message, frame_path=self.frame_path)
+        async with Connection(setup) as conn:
+            await hello.wait()
+            yield conn
+
+
+def _check(count: int, n: int) -> None:
+    if count != n:
+        raise RuntimeError(f"received {count} messages, expected {n}")
+
+
+#: client id -> factory. The ids are what the command line and results use.
+CLIENTS: dict[str, Callable[[], Client]] = {
+    "raw-socket": RawSocketClient,
+    "websockets": WebsocketsClient,
+    "aiohttp": AiohttpClient,
+    "picows": PicowsClient,
+    "wsproto-anyio": WsprotoAnyioClient,
+    "wirestate-fast": lambda: WirestateClient("fast", batch=False),
+    "wirestate-fast-batch": lambda: WirestateClient("fast", batch=True),
+    "wirestate-wsproto": lambda: WirestateClient("wsproto", batch=False),
+}
+
+
+# -- tasks run inside the client process ---------------------------------------
+
+
+async def task_throughput(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+    """One throughput measurement: N messages from the blast server."""
+    decode = DECODERS[args.decode]()
+    async with client:
+        elapsed = await client.throughput(args.port, args.messages, decode)
+    return {"elapsed": elapsed, "messages": args.messages, "rate": args.messages / elapsed}
+
+
+async def task_handshake(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+    """Sequential connect + upgrade + hello + close, timed one by one."""
+    samples: list[float] = []
+    async with client:
+        for i in range(args.warmup + args.connects):
+            t0 = time.perf_counter()
+            async with client.idle(args.port):
+                pass
+            if i >= args.warmup:
+                samples.append(time.perf_counter() - t0)
+    return {"median": statistics.median(samples), "samples": samples}
+
+
+async def task_memory(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+    """Open ``--connections`` idle connections; report the RSS growth per connection."""
+    from benchmarks.blast import raise_nofile_limit
+
+    limit = raise_nofile_limit()
+    k = min(args.connections, max(1, limit - 100))
+    async with client, contextlib.AsyncExitStack() as stack:
+        # Warm up: the first connection pays for imports and lazy caches.
+        for _ in range(5):
+            await stack.enter_async_context(client.idle(args.port))
+        gc.collect()
+        before = rss_bytes()
+        t0 = time.perf_counter()
+        for _ in range(k):
+            await stack.enter_async_context(client.idle(args.port))
+        open_seconds = time.perf_counter() - t0
+        gc.collect()
+        after = rss_bytes()
+        result = {
+            "connections": k,
+            "kib_per_connection": (after - before) / k / 1024,
+            "rss_before_mib": before / 2**20,
+            "rss_after_mib": after / 2**20,
+            "open_seconds": open_seconds,
+        }
+        # Report now: closing 1,000 connections is not part of the measurement.
+        print(json.dumps(result), flush=True)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing else may reach stdout
+    return result
+
+
+TASKS = {"throughput": task_throughput, "handshake": task_handshake, "memory": task_memory}
+
+
+def _watchdog(seconds: float) -> None:
+    """End the process hard if it overruns: every benchmark process stops by itself."""
+
+    def fire() -> None:
+        print(json.dumps({"error": f"timed out after {seconds:.0f} s"}), flush=True)
+        os._exit(3)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run one task for one client and print its JSON result."""
+    parser = argparse.ArgumentParser(description="one benchmark measurement in this process")
+    parser.add_argument("task", choices=sorted(TASKS))
+    parser.add_argument("client", choices=sorted(CLIENTS))
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--decode", choices=sorted(DECODERS), default="none")
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--connects", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=1000)
+    parser.add_argument("--timeout", type=float, default=120.0)
+    args = parser.parse_args(argv)
+    _watchdog(args.timeout)
+
+    client = CLIENTS[args.client]()
+    coro_fn = TASKS[args.task]
+    try:
+        if client.runner == "anyio":
+            import anyio
+
+            result = anyio.run(coro_fn, client, args, backend="asyncio")
+        else:
+            result = asyncio.run(coro_fn(client, args))
+    except Exception as exc:  # reported to the parent, which shows it in the table
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
+        os._exit(1)
+    if args.task != "memory":
+        print(json.dumps(result), flush=True)
+    sys.stdout.flush()
+    os._exit(0)  # skip interpreter teardown: nothing left to measure
+
+
+if __name__ == "__main__":
+    main()
