@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,19 @@ MEMORY: tuple[Case, ...] = HANDSHAKE
 
 # -- processes -----------------------------------------------------------------
 
+# Pin the server and the client to different CPUs when there are two or more:
+# otherwise the scheduler sometimes puts both on one core and a run halves
+# (seen as bimodal rounds on 2-core machines). Same pinning for every client.
+_CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+SERVER_CPU = _CPUS[-1] if len(_CPUS) >= 2 else None
+CLIENT_CPU = _CPUS[0] if len(_CPUS) >= 2 else None
+
+
+def _pin(cpu: int | None) -> Callable[[], None] | None:
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
 
 @contextlib.contextmanager
 def server(mode: str, messages: int = 0, lifetime: float = 900.0) -> Iterator[int]:
@@ -99,7 +112,7 @@ def server(mode: str, messages: int = 0, lifetime: float = 900.0) -> Iterator[in
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.blast", "--mode", mode, "--messages", str(messages),
          "--lifetime", str(lifetime)],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=_pin(SERVER_CPU),
     )  # fmt: skip
     try:
         assert proc.stdout is not None
@@ -122,7 +135,9 @@ def run_client(task: str, case: Case, port: int, timeout: float, extra: list[str
     cmd = [sys.executable, "-m", "benchmarks.clients", task, case.client, "--port", str(port),
            "--decode", case.decode, "--timeout", str(timeout), *extra]  # fmt: skip
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout + 15)
+        proc = subprocess.run(
+            cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout + 15, preexec_fn=_pin(CLIENT_CPU)
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"no answer within {timeout + 15:.0f} s"}
     lines = proc.stdout.strip().splitlines()

@@ -36,7 +36,7 @@ from engine.errors import (
     RequestTimeout,
 )
 from engine.events import StateChanged
-from machines.connection import MACHINE, ConnectionModel, State
+from machines.connection import ConnectionModel, State
 from transports.base import ByteStream, Dialer
 from transports.tcp import tcp_dialer
 from transports.websocket import (
@@ -103,6 +103,16 @@ class Connection:
         rng: random source for backoff jitter (seed it for replayable tests).
     """
 
+    __slots__ = (
+        "setup", "url", "id", "history", "subscriptions", "subprotocol",
+        "last_close_received", "last_close_sent", "last_rejection",
+        "messages_received", "handler_errors", "sessions",
+        "_dialer", "_clock", "_rng", "_model", "_listeners", "_changed", "_finished", "_done",
+        "_send_lock", "_peer_closed", "_peer_gone", "_started", "_close_requested", "_run_scope",
+        "_session_scope", "_session_end", "_stream", "_proto", "_waiters",
+        "_reader_task", "_task_group", "_last_rx", "_attempt", "_ids", "_deliver", "_setting_up",
+    )  # fmt: skip
+
     def __init__(
         self,
         setup: ConnectionSetup,
@@ -119,15 +129,18 @@ class Connection:
         self.id = id or setup.name or str(self.url)
         self._dialer = dialer if dialer is not None else tcp_dialer(setup.ssl_context)
         self._clock: Clock = clock if clock is not None else anyio.current_time
-        self._rng = rng if rng is not None else random.Random()
+        self._rng = rng  # made on first use: a Random is 2.5 KiB per idle connection
         self._model = ConnectionModel(needs_auth=setup.authenticated, listener=self._on_transition)
         self._listeners: list[StateListener] = []
         self.history: deque[StateChanged] = deque(maxlen=_HISTORY)
-        # anyio primitives need a running event loop: made in _primitives().
-        self._changed: anyio.Event | None = None
+        # anyio primitives need a running event loop and cost ~0.6 KiB each:
+        # each is made when first needed.
+        self._changed: anyio.Event | None = None  # set (and dropped) on the next transition
         self._finished: anyio.Event | None = None
+        self._done = False  # run() has ended (or close() came before it started)
         self._send_lock: anyio.Lock | None = None
-        self._peer_closed: anyio.Event | None = None
+        self._peer_closed: anyio.Event | None = None  # only while close() waits for the peer
+        self._peer_gone = False  # this session's stream ended or broke
         self._started = False
         self._close_requested: tuple[int, str] | None = None
         self._run_scope: anyio.CancelScope | None = None
@@ -136,8 +149,8 @@ class Connection:
         self._stream: ByteStream | None = None
         self._proto: ClientProtocol | None = None
         self._waiters: list[_Waiter] = []
-        self._stale_wake: anyio.Event | None = None
         self._reader_task: int | None = None
+        self._setting_up = False
         self._task_group: anyio.abc.TaskGroup | None = None
         self._last_rx = 0.0
         self._attempt = 0
@@ -154,18 +167,27 @@ class Connection:
         self.subscriptions: list[Any] = []
         self._ids = itertools.count(1)
         self._deliver = self._make_delivery()
-        MACHINE.add_model(self._model)
 
     def __repr__(self) -> str:
         return f"<Connection {self.id!r} {self.state.value}>"
 
-    def _primitives(self) -> tuple[anyio.Event, anyio.Event]:
-        if self._changed is None or self._finished is None:
-            self._changed = anyio.Event()
+    def _finished_event(self) -> anyio.Event:
+        if self._finished is None:
             self._finished = anyio.Event()
-            self._send_lock = anyio.Lock()
-            self._peer_closed = anyio.Event()
-        return self._changed, self._finished
+            if self._done:
+                self._finished.set()
+        return self._finished
+
+    def _set_done(self) -> None:
+        self._done = True
+        if self._finished is not None:
+            self._finished.set()
+        self._wake_state_waiters()
+
+    def _wake_state_waiters(self) -> None:
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
 
     # -- observation -----------------------------------------------------
 
@@ -188,13 +210,14 @@ class Connection:
         if not states:
             raise ValueError("wait_for needs at least one State")
         while True:
-            changed, finished = self._primitives()
             current = self.state
             if current in states:
                 return current
-            if finished.is_set():
+            if self._done:
                 self._raise_finished()
-            await changed.wait()
+            if self._changed is None:
+                self._changed = anyio.Event()
+            await self._changed.wait()
 
     def _raise_finished(self) -> None:
         last = self.history[-1] if self.history else None
@@ -205,10 +228,7 @@ class Connection:
     def _on_transition(self, source: State, dest: State, trigger: str, reason: str) -> None:
         event = StateChanged(self.id, source, dest, trigger, reason, self._clock())
         self.history.append(event)
-        changed = self._changed
-        if changed is not None:
-            self._changed = anyio.Event()
-            changed.set()
+        self._wake_state_waiters()
         for listener in list(self._listeners):
             try:
                 listener(event)
@@ -221,10 +241,10 @@ class Connection:
     # -- lifetime --------------------------------------------------------
 
     async def __aenter__(self) -> Connection:
-        self._primitives()
+        self._begin()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        await self._task_group.start(self.run)
+        self._task_group.start_soon(self._run_begun)
         return self
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
@@ -241,28 +261,30 @@ class Connection:
         With ``await task_group.start(conn.run)`` it returns once the
         connection has left ``disconnected`` (dialing has begun).
         """
+        self._begin()
+        task_status.started()
+        await self._run_begun()
+
+    def _begin(self) -> None:
         if self._started:
-            raise RuntimeError(f"{self.id}: run() was already started")
-        if self._finished is not None and self._finished.is_set():
-            raise RuntimeError(f"{self.id}: closed before run() started")
+            raise RuntimeError(f"{self.id}: already started")
+        if self._done:
+            raise RuntimeError(f"{self.id}: closed before it was started")
         self._started = True
-        changed, finished = self._primitives()
+        self._fire("connect")
+
+    async def _run_begun(self) -> None:
         try:
             with anyio.CancelScope() as scope:
                 self._run_scope = scope
-                self._fire("connect")
-                task_status.started()
-                await self._keep_alive()
+                if self._close_requested is None:
+                    await self._keep_alive()
         finally:
             self._fail_waiters(ConnectionClosed(f"{self.id}: closed"))
             if self.state is not State.DISCONNECTED:
                 self._fire("close", "cancelled")  # cancelled from outside, without close()
                 self._fire("closed", "close complete")
-            MACHINE.remove_model(self._model)
-            finished.set()
-            changed = self._changed
-            if changed is not None:
-                changed.set()
+            self._set_done()
 
     async def _keep_alive(self) -> None:
         while True:
@@ -275,6 +297,8 @@ class Connection:
                 why = end.reason if end.fatal else f"{self._attempt} attempts failed; last: {end.reason}"
                 self._fire("give_up", why)
                 return
+            if self._rng is None:
+                self._rng = random.Random()
             delay = self.setup.backoff.delay(self._attempt, self._rng, end.retry_after)
             self._attempt += 1
             await anyio.sleep(delay)
@@ -284,67 +308,73 @@ class Connection:
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close (idempotent, bounded by ``close_timeout``); returns when every task has ended."""
-        _, finished = self._primitives()
         if self._close_requested is None:
             self._close_requested = (code, reason)
             if not self._started:
-                MACHINE.remove_model(self._model)
-                finished.set()
+                self._set_done()
                 return
-            if self._fire("close", reason or "user close"):
-                await self._close_session(code, reason)
+            if self._fire("close", reason or "user close") and await self._close_session(code, reason):
+                # The peer answered: the reader ends the session by itself once TCP
+                # closes, and the run loop sees the close request. No cancellation.
+                with anyio.move_on_after(self.setup.close_timeout):
+                    await self._finished_event().wait()
             if self._session_scope is not None:
                 self._session_scope.cancel()
             if self._run_scope is not None:
                 self._run_scope.cancel()
         elif not self._started:
             return
-        await finished.wait()
+        await self._finished_event().wait()
 
-    async def _close_session(self, code: int, reason: str) -> None:
+    async def _close_session(self, code: int, reason: str) -> bool:
+        """Send our close frame and wait for the peer's; True when it came in time."""
         proto, stream = self._proto, self._stream
         if proto is None or stream is None or proto.state is not ProtocolState.OPEN:
-            return
+            return False
         with anyio.move_on_after(self.setup.close_timeout):
             try:
                 await self._write(proto.send_close(code, reason))
                 self.last_close_sent = proto.close_sent
                 # The reader keeps running and sees the peer's close reply or EOF,
                 # unless close() was called from inside the handler (the reader itself).
-                if self._peer_closed is not None and anyio.get_current_task().id != self._reader_task:
+                if anyio.get_current_task().id == self._reader_task:
+                    return False
+                if not self._peer_gone:
+                    self._peer_closed = anyio.Event()
                     await self._peer_closed.wait()
             except _TRANSPORT_ERRORS:
                 pass
+        return self._peer_gone
 
     # -- one session -----------------------------------------------------
 
     async def _session(self) -> _SessionEnd:
         self.sessions += 1
         self._session_end = None
-        self._peer_closed = anyio.Event()
+        self._peer_gone = False
         try:
             stream, proto, leftovers = await self._open()
         except _SessionEnd as end:
             return end
         self._stream, self._proto = stream, proto
+        setup = self.setup
         try:
-            with anyio.CancelScope() as scope:
-                self._session_scope = scope
-                async with anyio.create_task_group() as tg:
-                    self._last_rx = self._clock()
-                    self._fire("opened", f"subprotocol {proto.subprotocol}" if proto.subprotocol else "")
-                    tg.start_soon(self._reader, stream, proto, leftovers)
-                    tg.start_soon(self._watchdog)
-                    if await self._set_up():
-                        self._attempt = 0
-                        self._fire("subscribed", f"{len(self.subscriptions)} subscriptions")
-                    await anyio.sleep_forever()
+            async with anyio.create_task_group() as tg:
+                self._session_scope = tg.cancel_scope
+                self._last_rx = self._clock()
+                self._fire("opened", f"subprotocol {proto.subprotocol}" if proto.subprotocol else "")
+                # Setup is a short-lived child (none when there is nothing to run); this
+                # task becomes the reader: an idle connection holds one task (~3 KiB each).
+                if setup.connector is None and setup.subscriber is None:
+                    await self._set_up()
+                else:
+                    tg.start_soon(self._set_up)
+                await self._reader(stream, proto, leftovers)
         finally:
             self._session_scope = None
             self._stream = self._proto = None
             self._fail_waiters(ConnectionLost(f"{self.id}: connection lost while a request was pending"))
-            with anyio.CancelScope(shield=True):
-                await _close_quietly(stream)
+            await _close_quietly(stream)
         return self._session_end or _SessionEnd("closed")
 
     def _end_session(self, reason: str, *, retry_after: float | None = None, fatal: bool = False) -> None:
@@ -352,6 +382,13 @@ class Connection:
         if self._session_end is None:
             self._session_end = _SessionEnd(reason, retry_after=retry_after, fatal=fatal)
         if self._session_scope is not None:
+            self._session_scope.cancel()
+
+    def _reader_done(self, reason: str) -> None:
+        """The reader ends the session and returns: cancel only a setup still running."""
+        if self._session_end is None:
+            self._session_end = _SessionEnd(reason)
+        if self._setting_up and self._session_scope is not None:
             self._session_scope.cancel()
 
     async def _open(self) -> tuple[ByteStream, ClientProtocol, list[object]]:
@@ -399,9 +436,10 @@ class Connection:
         await _close_quietly(stream)
         raise _SessionEnd(reason)
 
-    async def _set_up(self) -> bool:
-        """Run connector and subscriber; False when the session ended meanwhile."""
+    async def _set_up(self) -> None:
+        """Run connector and subscriber, then go live (or end the session)."""
         setup = self.setup
+        self._setting_up = True
         try:
             with anyio.fail_after(setup.setup_timeout):
                 if setup.connector is not None:
@@ -418,41 +456,99 @@ class Connection:
         except Exception as exc:
             log.exception("%s: connector/subscriber failed", self.id)
             self._end_session(f"connector/subscriber failed: {type(exc).__name__}: {exc}")
-        return self._session_end is None
+        finally:
+            self._setting_up = False
+        if self._session_end is None:
+            self._attempt = 0
+            self._fire("subscribed", f"{len(self.subscriptions)} subscriptions")
 
     # -- the hot path ----------------------------------------------------
 
     async def _reader(self, stream: ByteStream, proto: ClientProtocol, leftovers: list[object]) -> None:
+        """Read, decode, deliver; and keep the traffic deadline.
+
+        Liveness lives here rather than in a watchdog task: each receive waits
+        under a deadline (last traffic + keepalive / traffic_timeout / grace),
+        which costs one clock read and one cancel scope per *read*, never per
+        message, and no extra task per connection.
+        """
         self._reader_task = anyio.get_current_task().id
-        peer_closed = self._peer_closed
-        assert peer_closed is not None
         if leftovers:
             await self._dispatch(proto, leftovers)
+            if self._session_end is not None:
+                return
         receive = stream.receive
         feed = proto.receive_data
         clock = self._clock
         size = self.setup.read_size
         deliver = self._deliver
+        timeout = self.setup.traffic_timeout
+        grace = self.setup.pong_timeout
+        # A keepalive ping at half the timeout lets a quiet but healthy peer
+        # answer before the deadline; one ping per quiet spell.
+        keepalive = timeout / 2 if self.setup.keepalive else None
+        pinged_at: float | None = None  # the _last_rx value our last ping followed
+        stale_until: float | None = None  # grace deadline while stale
         while True:
-            try:
-                data = await receive(size)
-            except anyio.EndOfStream:
-                peer_closed.set()
-                self._end_session(self._eof_reason(proto))
-                return
-            except _TRANSPORT_ERRORS as exc:
-                peer_closed.set()
-                self._end_session(f"connection broken: {_describe(exc)}")
-                return
+            last = self._last_rx
+            if stale_until is not None:
+                due = stale_until
+            elif keepalive is not None and pinged_at != last:
+                due = last + keepalive
+            else:
+                due = last + timeout
+            data = None
+            with anyio.CancelScope(deadline=due):
+                try:
+                    data = await receive(size)
+                except anyio.EndOfStream:
+                    self._on_peer_gone()
+                    self._reader_done(self._eof_reason(proto))
+                    return
+                except _TRANSPORT_ERRORS as exc:
+                    self._on_peer_gone()
+                    self._reader_done(f"connection broken: {_describe(exc)}")
+                    return
+            if data is None:  # the deadline passed with nothing received
+                now = clock()
+                if stale_until is not None:
+                    self._reader_done(f"no traffic within pong_timeout={grace:g} s after a ping")
+                    return
+                if pinged_at != last:
+                    pinged_at = last  # keepalive (or, while setting up, a probe); then the full timeout
+                    await self._ping_or_end()
+                elif self.state is State.LIVE:
+                    self._fire("silence", f"no traffic for {now - last:g} s")
+                    stale_until = now + grace
+                    await self._ping_or_end()
+                else:
+                    self._last_rx = now  # still setting up: setup_timeout bounds that phase
+                continue
             self._last_rx = clock()
-            if self._stale_wake is not None:
-                self._stale_wake.set()
+            if stale_until is not None:
+                stale_until = None
+                self._fire("traffic", "frame within the grace")
             items = feed(data)
             if proto.controls or self._waiters:
                 await self._dispatch(proto, items)
+                if self._session_end is not None:
+                    return
             elif items:
                 self.messages_received += len(items)
                 await deliver(items)
+
+    async def _ping_or_end(self) -> None:
+        proto = self._proto
+        if proto is not None and proto.state is ProtocolState.OPEN:
+            try:
+                await self._write(proto.send_ping(b"wirestate"))
+            except _TRANSPORT_ERRORS as exc:
+                self._end_session(f"ping failed: {_describe(exc)}")
+
+    def _on_peer_gone(self) -> None:
+        self._peer_gone = True
+        if self._peer_closed is not None:
+            self._peer_closed.set()
 
     def _eof_reason(self, proto: ClientProtocol) -> str:
         if proto.close_received is not None:
@@ -486,16 +582,15 @@ class Connection:
                 pass  # the reader sees the broken stream next
         if proto.state is ProtocolState.CLOSED:
             self.last_close_sent = proto.close_sent or self.last_close_sent
-            if self._peer_closed is not None:
-                self._peer_closed.set()
+            self._on_peer_gone()
             if proto.close_received is None:
                 code, why = proto.close_sent or (1002, "protocol error")
-                self._end_session(f"protocol error from server: {why} (closed with {code})")
+                self._reader_done(f"protocol error from server: {why} (closed with {code})")
             else:
                 # Wait briefly for the server to drop TCP (RFC 6455 7.1.1), then go.
                 with anyio.move_on_after(self.setup.close_timeout):
                     await _drain_to_eof(self._stream)
-                self._end_session(self._eof_reason(proto))
+                self._reader_done(self._eof_reason(proto))
 
     def _make_delivery(self) -> Callable[[list[Message]], Awaitable[None]]:
         """Build the per-read delivery function once, for the handler's shape."""
@@ -547,67 +642,24 @@ class Connection:
         self.handler_errors += 1
         log.exception("%s: handler raised (%d message(s) affected)", self.id, count)
 
-    # -- liveness --------------------------------------------------------
-
-    async def _watchdog(self) -> None:
-        timeout = self.setup.traffic_timeout
-        # A keepalive ping at half the timeout lets a quiet but healthy peer
-        # answer before the deadline; one ping per quiet spell.
-        keepalive = timeout / 2 if self.setup.keepalive else None
-        clock = self._clock
-        pinged_at: float | None = None  # the _last_rx our keepalive ping answered to
-        while True:
-            last = self._last_rx
-            now = clock()
-            if keepalive is not None and pinged_at != last and now >= last + keepalive and self.state is State.LIVE:
-                pinged_at = last
-                await self._send_ping_quietly()
-                continue
-            due = last + timeout
-            if keepalive is not None and pinged_at != last:
-                due = last + keepalive
-            if now < due:
-                # Exact deadline: sleep until it; reads only move it later.
-                await anyio.sleep(due - now)
-                continue
-            if self.state is not State.LIVE:
-                # Still setting up: setup_timeout bounds that phase.
-                await anyio.sleep(timeout)
-                continue
-            await self._probe(timeout)
-
-    async def _send_ping_quietly(self) -> None:
-        proto = self._proto
-        if proto is not None and proto.state is ProtocolState.OPEN:
-            try:
-                await self._write(proto.send_ping(b"wirestate"))
-            except _TRANSPORT_ERRORS as exc:
-                self._end_session(f"ping failed: {_describe(exc)}")
-
-    async def _probe(self, silent_for: float) -> None:
-        grace = self.setup.pong_timeout
-        wake = self._stale_wake = anyio.Event()
-        self._fire("silence", f"no traffic for {silent_for:g} s")
-        try:
-            await self._send_ping_quietly()
-            with anyio.move_on_after(grace):
-                await wake.wait()
-        finally:
-            self._stale_wake = None
-        if wake.is_set():
-            self._fire("traffic", "frame within the grace")
-        else:
-            self._end_session(f"no traffic within pong_timeout={grace:g} s after a ping")
-
     # -- sending and requests -------------------------------------------
 
     async def _write(self, data: bytes) -> None:
         stream = self._stream
         if stream is None:
             raise NotConnected(f"{self.id}: not connected ({self.state.value})")
-        assert self._send_lock is not None
-        async with self._send_lock:
+        lock = self._send_lock
+        if lock is None:
+            lock = self._send_lock = anyio.Lock()
+        # Frames must not interleave; the uncontended case takes the lock without a checkpoint.
+        try:
+            lock.acquire_nowait()
+        except anyio.WouldBlock:
+            await lock.acquire()
+        try:
             await stream.send(data)
+        finally:
+            lock.release()
 
     def _open_protocol(self) -> ClientProtocol:
         proto = self._proto

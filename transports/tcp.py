@@ -1,15 +1,152 @@
-"""TCP and TLS byte streams over anyio (real sockets)."""
+"""TCP and TLS byte streams (real sockets).
+
+On asyncio, plain TCP uses a small native :class:`asyncio.Protocol` stream:
+anyio's socket stream pauses and resumes reading around every ``receive()``
+(two ``epoll_ctl`` calls per read) and adds checkpoints to every send, which
+measurably slows both the data path and the handshake. TLS, and every trio
+connection, go through anyio (``tls_standard_compatible=False``: WebSocket
+servers often drop TCP without a TLS close_notify).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import ssl
 
 import anyio
+import sniffio
 from anyio.abc import ByteStream
 
 from transports.base import URL, Dialer
 
-__all__ = ["dial_tcp", "tcp_dialer"]
+__all__ = ["AsyncioByteStream", "dial_tcp", "tcp_dialer"]
+
+# Pause the socket when this much is buffered and unread (backpressure for a
+# slow handler); resume below the low mark.
+_HIGH_WATER = 4 * 1024 * 1024
+_LOW_WATER = 1024 * 1024
+
+
+class _StreamProtocol(asyncio.Protocol):
+    """Collects received chunks; wakes the one reader; tracks flow control."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.read_paused = False
+        self.eof = False
+        self.lost: BaseException | None = None
+        self.closed = False
+        self.reader: asyncio.Future[None] | None = None
+        self.drain: asyncio.Future[None] | None = None
+        self.write_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.buffered += len(data)
+        if self.buffered > _HIGH_WATER and not self.read_paused and self.transport is not None:
+            self.read_paused = True
+            self.transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake_reader()
+        return False  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if exc is not None:
+            self.lost = exc
+        else:
+            self.eof = True
+        self._wake_reader()
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake_writer()
+
+    def _wake_reader(self) -> None:
+        waiter = self.reader
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_writer(self) -> None:
+        waiter = self.drain
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class AsyncioByteStream(ByteStream):
+    """An anyio :class:`ByteStream` over a native asyncio TCP transport."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: _StreamProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self._closing = False
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        protocol = self._protocol
+        chunks = protocol.chunks
+        while not chunks:
+            if self._closing:
+                raise anyio.ClosedResourceError
+            if protocol.lost is not None:
+                raise anyio.BrokenResourceError(str(protocol.lost)) from protocol.lost
+            if protocol.eof:
+                raise anyio.EndOfStream
+            waiter = protocol.reader = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                protocol.reader = None
+        data = chunks.popleft()
+        if len(data) > max_bytes:
+            chunks.appendleft(data[max_bytes:])
+            data = data[:max_bytes]
+        protocol.buffered -= len(data)
+        if protocol.read_paused and protocol.buffered < _LOW_WATER:
+            protocol.read_paused = False
+            self._transport.resume_reading()
+        return data
+
+    async def send(self, item: bytes) -> None:
+        protocol = self._protocol
+        if self._closing:
+            raise anyio.ClosedResourceError
+        if protocol.closed or self._transport.is_closing():
+            raise anyio.BrokenResourceError("connection closed")
+        self._transport.write(item)
+        while protocol.write_paused and not protocol.closed:
+            waiter = protocol.drain = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                protocol.drain = None
+
+    async def send_eof(self) -> None:
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+
+    async def aclose(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._transport.close()
+            self._protocol._wake_reader()
+
+    def abort(self) -> None:
+        """Reset the connection (no FIN): for tests and fault injection."""
+        self._closing = True
+        self._transport.abort()
 
 
 async def dial_tcp(url: URL, *, ssl_context: ssl.SSLContext | None = None) -> ByteStream:
@@ -19,9 +156,12 @@ async def dial_tcp(url: URL, *, ssl_context: ssl.SSLContext | None = None) -> By
     pass your own context to pin a CA or (knowingly) relax checks.
     """
     if not url.secure:
+        if sniffio.current_async_library() == "asyncio":
+            loop = asyncio.get_running_loop()
+            transport, protocol = await loop.create_connection(_StreamProtocol, url.host, url.port)
+            return AsyncioByteStream(transport, protocol)  # type: ignore[arg-type]
         return await anyio.connect_tcp(url.host, url.port)
     context = ssl_context if ssl_context is not None else ssl.create_default_context()
-    # WebSocket servers commonly drop TCP without TLS close_notify: don't treat that as an attack.
     return await anyio.connect_tcp(
         url.host,
         url.port,

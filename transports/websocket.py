@@ -167,7 +167,7 @@ class ClientProtocol:
         self.close_received: tuple[int, str] | None = None
         self.close_sent: tuple[int, str] | None = None
         self._key = base64.b64encode(os.urandom(16))
-        self._h11 = h11.Connection(h11.CLIENT)
+        self._h11: h11.Connection | None = h11.Connection(h11.CLIENT)
         self._rejection: tuple[int, tuple[tuple[bytes, bytes], ...]] | None = None
         self._rejection_body: list[bytes] = []
         self._outgoing = bytearray()
@@ -192,6 +192,8 @@ class ClientProtocol:
         if self.subprotocols:
             headers.append(("Sec-WebSocket-Protocol", ", ".join(self.subprotocols)))
         headers.extend(self.extra_headers)
+        if self._h11 is None:
+            raise ConnectionError("the handshake was already done")
         try:
             request = h11.Request(method="GET", target=self.resource, headers=headers)
         except h11.LocalProtocolError as exc:
@@ -199,6 +201,7 @@ class ClientProtocol:
         return self._h11.send(request) or b""
 
     def _receive_handshake(self, data: bytes) -> list[object]:
+        assert self._h11 is not None
         self._h11.receive_data(data)
         while True:
             try:
@@ -250,6 +253,7 @@ class ClientProtocol:
             self.subprotocol = name
         self.state = ProtocolState.OPEN
         trailing = self._h11.trailing_data[0]
+        self._h11 = None  # done with HTTP: don't keep its buffers for the connection's life
         events: list[object] = [Accepted(self.subprotocol, tuple(response.headers))]
         if self.frame_path == "fast":
             self._decoder = FrameDecoder(self.max_message_size)
@@ -285,7 +289,7 @@ class ClientProtocol:
 
     def receive_eof(self) -> list[object]:
         """The peer closed the byte stream."""
-        if self.state is ProtocolState.CONNECTING:
+        if self.state is ProtocolState.CONNECTING and self._h11 is not None:
             self._h11.receive_data(b"")
             if self._rejection is not None:
                 return self._finish_rejection()
