@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -132,7 +131,8 @@ class Connection:
         self._rng = rng  # made on first use: a Random is 2.5 KiB per idle connection
         self._model = ConnectionModel(needs_auth=setup.authenticated, listener=self._on_transition)
         self._listeners: list[StateListener] = []
-        self.history: deque[StateChanged] = deque(maxlen=_HISTORY)
+        #: the most recent transitions (at most ~2 x 256; a list: an empty deque is 0.6 KiB)
+        self.history: list[StateChanged] = []
         # anyio primitives need a running event loop and cost ~0.6 KiB each:
         # each is made when first needed.
         self._changed: anyio.Event | None = None  # set (and dropped) on the next transition
@@ -227,7 +227,10 @@ class Connection:
 
     def _on_transition(self, source: State, dest: State, trigger: str, reason: str) -> None:
         event = StateChanged(self.id, source, dest, trigger, reason, self._clock())
-        self.history.append(event)
+        history = self.history
+        history.append(event)
+        if len(history) > 2 * _HISTORY:
+            del history[:-_HISTORY]
         self._wake_state_waiters()
         for listener in list(self._listeners):
             try:

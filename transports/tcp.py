@@ -31,6 +31,8 @@ _LOW_WATER = 1024 * 1024
 class _StreamProtocol(asyncio.Protocol):
     """Collects received chunks; wakes the one reader; tracks flow control."""
 
+    __slots__ = ("transport", "chunks", "buffered", "read_paused", "eof", "lost", "closed", "reader", "drain", "write_paused")
+
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.chunks: collections.deque[bytes] = collections.deque()
@@ -88,6 +90,8 @@ class _StreamProtocol(asyncio.Protocol):
 
 class AsyncioByteStream(ByteStream):
     """An anyio :class:`ByteStream` over a native asyncio TCP transport."""
+
+    __slots__ = ("_transport", "_protocol", "_closing")
 
     def __init__(self, transport: asyncio.Transport, protocol: _StreamProtocol) -> None:
         self._transport = transport

@@ -140,6 +140,12 @@ class ClientProtocol:
         frame_path: ``"fast"`` (our decoder) or ``"wsproto"`` (reference).
     """
 
+    __slots__ = (
+        "host", "resource", "subprotocols", "extra_headers", "max_message_size", "frame_path", "state",
+        "subprotocol", "close_received", "close_sent", "controls", "_key", "_h11", "_rejection",
+        "_rejection_body", "_outgoing", "_decoder", "_ws", "_partial", "_partial_size",
+    )  # fmt: skip
+
     def __init__(
         self,
         host: str,

@@ -1,0 +1,136 @@
+"""Real 127.0.0.1 sockets (real clock, short bounded waits): the TCP transports and a full connection.
+
+Virtual clocks and real sockets don't mix, so this module runs on plain asyncio and trio.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+
+from engine import Backoff, Connection, ConnectionSetup, State
+from engine.sim import SimExchange
+from transports.base import InvalidURL, parse_url
+from transports.tcp import AsyncioByteStream, dial_tcp
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+async def test_connection_over_real_loopback(anyio_backend: str) -> None:
+    received: list[Any] = []
+
+    async def subscribe(conn: Connection, subs: list[Any]) -> None:
+        await conn.request(
+            {"op": "subscribe", "channel": "trades", "symbols": ["BTC-USD"], "id": 1},
+            match=lambda m: orjson.loads(m).get("id") == 1,
+            timeout=5,
+        )
+
+    with anyio.fail_after(15):
+        async with SimExchange(rate=200.0) as sim:
+            port = await sim.listen_tcp()
+            setup = ConnectionSetup(
+                url=f"ws://127.0.0.1:{port}/ws",
+                handler=lambda conn, m: received.append(m),
+                subscriber=subscribe,
+                generate_subscriptions=lambda: ["trades"],
+                backoff=Backoff(initial=0.05, maximum=0.1),
+            )
+            async with Connection(setup) as conn:
+                await conn.wait_for(State.LIVE)
+                while len(received) < 10:
+                    await anyio.sleep(0.01)
+                sim.drop()
+                await conn.wait_for(State.RECONNECTING)
+                await conn.wait_for(State.LIVE)
+                before = len(received)
+                while len(received) < before + 10:
+                    await anyio.sleep(0.01)
+    assert conn.state is State.DISCONNECTED
+    assert conn.last_close_sent == (1000, "")
+    assert {orjson.loads(m)["channel"] for m in received} == {"trades"}
+
+
+async def test_native_asyncio_stream_used_on_asyncio(anyio_backend: str) -> None:
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await stream.send(await stream.receive())
+
+    with anyio.fail_after(10):
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, serve)
+            stream = await dial_tcp(parse_url(f"ws://127.0.0.1:{port}/"))
+            assert isinstance(stream, AsyncioByteStream) == (anyio_backend == "asyncio")
+            await stream.send(b"echo")
+            assert await stream.receive() == b"echo"
+            with pytest.raises(anyio.EndOfStream):
+                await stream.receive()
+            await stream.aclose()
+            with pytest.raises(anyio.ClosedResourceError):
+                await stream.send(b"x")
+            tg.cancel_scope.cancel()
+
+
+async def test_backpressure_pauses_reading_then_delivers_everything(anyio_backend: str) -> None:
+    """A reader that stops reading makes the socket pause; nothing is lost when it resumes."""
+    payload = bytes(range(256)) * (40 * 1024)  # 10 MiB, above the 4 MiB high-water mark
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await stream.send(payload)
+
+    with anyio.fail_after(10):
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, serve)
+            stream = await dial_tcp(parse_url(f"ws://127.0.0.1:{port}/"))
+            await anyio.sleep(0.3)  # let the kernel and our buffer fill while nobody reads
+            if isinstance(stream, AsyncioByteStream):
+                assert stream._protocol.read_paused
+            got = bytearray()
+            try:
+                while True:
+                    got += await stream.receive(1 << 20)
+            except anyio.EndOfStream:
+                pass
+            assert bytes(got) == payload
+            await stream.aclose()
+            tg.cancel_scope.cancel()
+
+
+async def test_refused_dial_raises_oserror(anyio_backend: str) -> None:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    await listener.aclose()  # nothing listens there now
+    with anyio.fail_after(10), pytest.raises(OSError):
+        await dial_tcp(parse_url(f"ws://127.0.0.1:{port}/"))
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("ws://Example.COM/path?q=1", ("example.com", 80, "/path?q=1", False)),
+        ("wss://h:8443", ("h", 8443, "/", True)),
+        ("ws://[::1]:9000/x", ("::1", 9000, "/x", False)),
+    ],
+)
+def test_parse_url(url: str, expected: tuple[str, int, str, bool]) -> None:
+    parsed = parse_url(url)
+    assert (parsed.host, parsed.port, parsed.resource, parsed.secure) == expected
+
+
+@pytest.mark.parametrize("url", ["http://h/", "ws://", "wss://u:p@h/", "ws://h/#frag", "ws://h:70000/", 42])
+def test_parse_url_rejects(url: Any) -> None:
+    with pytest.raises(InvalidURL):
+        parse_url(url)
