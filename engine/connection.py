@@ -37,7 +37,8 @@ from engine.errors import (
 from engine.events import StateChanged
 from machines.connection import ConnectionModel, State
 from transports.base import ByteStream, Dialer
-from transports.tcp import tcp_dialer
+from transports.memory import MemoryByteStream
+from transports.tcp import AsyncioByteStream, tcp_dialer
 from transports.websocket import (
     Accepted,
     ClientProtocol,
@@ -316,11 +317,12 @@ class Connection:
             if not self._started:
                 self._set_done()
                 return
-            if self._fire("close", reason or "user close") and await self._close_session(code, reason):
-                # The peer answered: the reader ends the session by itself once TCP
-                # closes, and the run loop sees the close request. No cancellation.
+            if self._fire("close", reason or "user close"):
                 with anyio.move_on_after(self.setup.close_timeout):
-                    await self._finished_event().wait()
+                    if await self._close_session(code, reason):
+                        # The peer answered: the reader ends the session by itself once
+                        # TCP closes, and the run loop sees the close request.
+                        await self._finished_event().wait()
             if self._session_scope is not None:
                 self._session_scope.cancel()
             if self._run_scope is not None:
@@ -334,19 +336,18 @@ class Connection:
         proto, stream = self._proto, self._stream
         if proto is None or stream is None or proto.state is not ProtocolState.OPEN:
             return False
-        with anyio.move_on_after(self.setup.close_timeout):
-            try:
-                await self._write(proto.send_close(code, reason))
-                self.last_close_sent = proto.close_sent
-                # The reader keeps running and sees the peer's close reply or EOF,
-                # unless close() was called from inside the handler (the reader itself).
-                if anyio.get_current_task().id == self._reader_task:
-                    return False
-                if not self._peer_gone:
-                    self._peer_closed = anyio.Event()
-                    await self._peer_closed.wait()
-            except _TRANSPORT_ERRORS:
-                pass
+        try:
+            await self._write(proto.send_close(code, reason))
+            self.last_close_sent = proto.close_sent
+            # The reader keeps running and sees the peer's close reply or EOF,
+            # unless close() was called from inside the handler (the reader itself).
+            if anyio.get_current_task().id == self._reader_task:
+                return False
+            if not self._peer_gone:
+                self._peer_closed = anyio.Event()
+                await self._peer_closed.wait()
+        except _TRANSPORT_ERRORS:
+            pass
         return self._peer_gone
 
     # -- one session -----------------------------------------------------
@@ -362,17 +363,21 @@ class Connection:
         self._stream, self._proto = stream, proto
         setup = self.setup
         try:
-            async with anyio.create_task_group() as tg:
-                self._session_scope = tg.cancel_scope
-                self._last_rx = self._clock()
-                self._fire("opened", f"subprotocol {proto.subprotocol}" if proto.subprotocol else "")
-                # Setup is a short-lived child (none when there is nothing to run); this
-                # task becomes the reader: an idle connection holds one task (~3 KiB each).
-                if setup.connector is None and setup.subscriber is None:
+            self._last_rx = self._clock()
+            self._fire("opened", f"subprotocol {proto.subprotocol}" if proto.subprotocol else "")
+            # Setup runs as a short-lived child beside the reader (it waits for
+            # replies the reader delivers); with nothing to run, no task group at
+            # all. This task becomes the reader: an idle connection holds one task.
+            if setup.connector is None and setup.subscriber is None:
+                with anyio.CancelScope() as scope:
+                    self._session_scope = scope
                     await self._set_up()
-                else:
+                    await self._reader(stream, proto, leftovers)
+            else:
+                async with anyio.create_task_group() as tg:
+                    self._session_scope = tg.cancel_scope
                     tg.start_soon(self._set_up)
-                await self._reader(stream, proto, leftovers)
+                    await self._reader(stream, proto, leftovers)
         finally:
             self._session_scope = None
             self._stream = self._proto = None
@@ -760,6 +765,9 @@ def _describe(exc: BaseException) -> str:
 
 async def _close_quietly(stream: ByteStream | None) -> None:
     if stream is None:
+        return
+    if isinstance(stream, (AsyncioByteStream, MemoryByteStream)):
+        await stream.aclose()  # never blocks: no deadline scope needed
         return
     with anyio.move_on_after(1.0, shield=True):
         try:
