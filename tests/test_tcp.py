@@ -5,15 +5,18 @@ Virtual clocks and real sockets don't mix, so this module runs on plain asyncio 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.abc
 import orjson
 import pytest
 
 from engine import Backoff, Connection, ConnectionSetup, State
 from engine.sim import SimExchange
-from transports.base import InvalidURL, parse_url
+from transports.base import ByteStream, InvalidURL, parse_url
 from transports.tcp import AsyncioByteStream, dial_tcp
 
 pytestmark = pytest.mark.anyio
@@ -22,6 +25,20 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@contextlib.asynccontextmanager
+async def serving(handler: Callable[[anyio.abc.SocketStream], Awaitable[None]]) -> AsyncIterator[ByteStream]:
+    """Serve ``handler`` on 127.0.0.1 and yield a client stream dialed to it (bounded: 10 s)."""
+    with anyio.fail_after(10):
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, handler)
+            stream = await dial_tcp(parse_url(f"ws://127.0.0.1:{port}/"))
+            yield stream
+            await stream.aclose()
+            tg.cancel_scope.cancel()
 
 
 async def test_connection_over_real_loopback(anyio_backend: str) -> None:
@@ -64,21 +81,15 @@ async def test_native_asyncio_stream_used_on_asyncio(anyio_backend: str) -> None
         async with stream:
             await stream.send(await stream.receive())
 
-    with anyio.fail_after(10):
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-        port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        async with listener, anyio.create_task_group() as tg:
-            tg.start_soon(listener.serve, serve)
-            stream = await dial_tcp(parse_url(f"ws://127.0.0.1:{port}/"))
-            assert isinstance(stream, AsyncioByteStream) == (anyio_backend == "asyncio")
-            await stream.send(b"echo")
-            assert await stream.receive() == b"echo"
-            with pytest.raises(anyio.EndOfStream):
-                await stream.receive()
-            await stream.aclose()
-            with pytest.raises(anyio.ClosedResourceError):
-                await stream.send(b"x")
-            tg.cancel_scope.cancel()
+    async with serving(serve) as stream:
+        assert isinstance(stream, AsyncioByteStream) == (anyio_backend == "asyncio")
+        await stream.send(b"echo")
+        assert await stream.receive() == b"echo"
+        with pytest.raises(anyio.EndOfStream):
+            await stream.receive()
+        await stream.aclose()
+        with pytest.raises(anyio.ClosedResourceError):
+            await stream.send(b"x")
 
 
 async def test_backpressure_pauses_reading_then_delivers_everything(anyio_backend: str) -> None:
@@ -89,24 +100,17 @@ async def test_backpressure_pauses_reading_then_delivers_everything(anyio_backen
         async with stream:
             await stream.send(payload)
 
-    with anyio.fail_after(10):
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-        port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        async with listener, anyio.create_task_group() as tg:
-            tg.start_soon(listener.serve, serve)
-            stream = await dial_tcp(parse_url(f"ws://127.0.0.1:{port}/"))
-            await anyio.sleep(0.3)  # let the kernel and our buffer fill while nobody reads
-            if isinstance(stream, AsyncioByteStream):
-                assert stream._protocol.read_paused
-            got = bytearray()
-            try:
-                while True:
-                    got += await stream.receive(1 << 20)
-            except anyio.EndOfStream:
-                pass
-            assert bytes(got) == payload
-            await stream.aclose()
-            tg.cancel_scope.cancel()
+    async with serving(serve) as stream:
+        await anyio.sleep(0.3)  # let the kernel and our buffer fill while nobody reads
+        if isinstance(stream, AsyncioByteStream):
+            assert stream._protocol.read_paused
+        got = bytearray()
+        try:
+            while True:
+                got += await stream.receive(1 << 20)
+        except anyio.EndOfStream:
+            pass
+        assert bytes(got) == payload
 
 
 async def test_refused_dial_raises_oserror(anyio_backend: str) -> None:
