@@ -253,30 +253,46 @@ class FrameDecoder:
             return []
         if type(data) is not bytes:
             data = bytes(data)  # a caller's reusable buffer must not be retained
+        out: list[object] = []
+        start = 0
         chunks = self._chunks
-        if chunks:
-            chunks.append(data)
-            self._have += len(data)
-            if self._have < self._need:
-                # Still short of the frame: join nothing yet.
+        while chunks:
+            # A frame is pending from earlier input. Join only the bytes that
+            # complete it and parse the rest of ``data`` in place: joining the
+            # whole read (~256 KiB) per read costs an allocation that glibc may
+            # serve with mmap + page faults, halving throughput (measured).
+            fresh = len(data) - start
+            if self._have + fresh < self._need:
+                piece = data[start:] if start else data
+                chunks.append(piece)
+                self._have += fresh
                 if self._partial_utf8 is not None:
                     try:
-                        self._partial_utf8.decode(data)
+                        self._partial_utf8.decode(piece)
                     except UnicodeDecodeError:
-                        return self._fail([], 1007, "invalid UTF-8 in text message")
-                return []
-            buf = b"".join(chunks)
+                        return self._fail(out, 1007, "invalid UTF-8 in text message")
+                return out
+            cut = start + self._need - self._have
+            chunks.append(data[start:cut])
+            head = b"".join(chunks)
             chunks.clear()
+            self._have = 0
             self._partial_utf8 = None  # the complete frame is validated below
-        else:
-            buf = data
+            self._scan(head, 0, out)  # may stash a tail again when only a header was due
+            if self._finished:
+                return out
+            start = cut
+        if start < len(data):
+            self._scan(data, start, out)
+        return out
 
-        out: list[object] = []
+    def _scan(self, buf: bytes, i: int, out: list[object]) -> list[object]:
+        """Decode complete frames of ``buf`` from ``i``; stash an incomplete tail."""
         append = out.append
         unpack_head = _unpack_head
+        chunks = self._chunks
         n = len(buf)
         n3 = n - 3  # the fast path needs 4 header bytes in hand
-        i = 0
         op = self._op
         fast = self._fast and not op
         try:
