@@ -153,8 +153,10 @@ class ConnectionSetup:
     backoff: Backoff = attrs.field(factory=Backoff)
     ssl_context: ssl.SSLContext | None = attrs.field(default=None, repr=False)
     name: str | None = None
+    _url_parsed: URL = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_url_parsed", parse_url(self.url))  # frozen: set once here
         if (self.handler is None) == (self.batch_handler is None):
             raise ConfigError("ConnectionSetup needs exactly one of handler= or batch_handler= (messages must go somewhere)")
         if self.frame_path not in FRAME_PATHS:
@@ -172,7 +174,7 @@ class ConnectionSetup:
     @property
     def parsed_url(self) -> URL:
         """The URL, parsed."""
-        return parse_url(self.url)
+        return self._url_parsed
 
 
 _converter = cattrs.Converter(forbid_extra_keys=True)

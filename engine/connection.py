@@ -25,6 +25,7 @@ import anyio
 import anyio.abc
 import orjson
 
+from engine.clock import Clock, loop_clock
 from engine.config import ConnectionSetup, is_async
 from engine.errors import (
     ConnectionClosed,
@@ -49,11 +50,10 @@ from transports.websocket import (
     Rejected,
 )
 
-__all__ = ["Clock", "Connection"]
+__all__ = ["Connection"]
 
 log = logging.getLogger("wirestate.connection")
 
-Clock = Callable[[], float]
 Message = str | bytes
 StateListener = Callable[[StateChanged], None]
 
@@ -96,8 +96,9 @@ class Connection:
         setup: what to connect to and the callbacks.
         dialer: ``async (URL) -> ByteStream``; TCP/TLS by default. Tests and
             the simulator pass an in-memory dialer.
-        clock: seconds as a float; ``anyio.current_time`` by default. Must
-            agree with the event loop's clock (sleeps use the loop's clock).
+        clock: seconds as a float; the event loop's own clock by default
+            (what ``anyio.current_time`` reads). An injected clock must agree
+            with the loop's: sleeps and deadlines use the loop's.
         id: the slot's logical id in every :class:`StateChanged`; stable
             across reconnects. Defaults to ``setup.name`` or the URL.
         rng: random source for backoff jitter (seed it for replayable tests).
@@ -111,6 +112,7 @@ class Connection:
         "_send_lock", "_peer_closed", "_peer_gone", "_started", "_close_requested", "_run_scope",
         "_session_scope", "_session_end", "_stream", "_proto", "_waiters",
         "_reader_task", "_task_group", "_last_rx", "_attempt", "_ids", "_deliver", "_setting_up",
+        "_own_clock", "_delivering",
     )  # fmt: skip
 
     def __init__(
@@ -128,7 +130,8 @@ class Connection:
         self.url = setup.parsed_url
         self.id = id or setup.name or str(self.url)
         self._dialer = dialer if dialer is not None else tcp_dialer(setup.ssl_context)
-        self._clock: Clock = clock if clock is not None else anyio.current_time
+        self._clock: Clock = clock if clock is not None else anyio.current_time  # bound in _begin()
+        self._own_clock = clock is None
         self._rng = rng  # made on first use: a Random is 2.5 KiB per idle connection
         self._model = ConnectionModel(needs_auth=setup.authenticated, listener=self._on_transition)
         self._listeners: list[StateListener] = []
@@ -151,6 +154,7 @@ class Connection:
         self._proto: ClientProtocol | None = None
         self._waiters: list[_Waiter] = []
         self._reader_task: int | None = None
+        self._delivering = False  # the reader is inside the handler
         self._setting_up = False
         self._task_group: anyio.abc.TaskGroup | None = None
         self._last_rx = 0.0
@@ -239,6 +243,10 @@ class Connection:
             except Exception:
                 log.exception("%s: state listener failed", self.id)
 
+    def _deadline(self, seconds: float) -> anyio.CancelScope:
+        """A scope that stops its body ``seconds`` from now (no exception: check ``cancelled_caught``)."""
+        return anyio.CancelScope(deadline=self._clock() + seconds)
+
     def _fire(self, trigger: str, reason: str = "") -> bool:
         return self._model.fire(trigger, reason)
 
@@ -275,9 +283,12 @@ class Connection:
         if self._done:
             raise RuntimeError(f"{self.id}: closed before it was started")
         self._started = True
+        if self._own_clock:
+            self._clock = loop_clock()
         self._fire("connect")
 
     async def _run_begun(self) -> None:
+        self._reader_task = anyio.get_current_task().id  # the reader always runs in this task
         try:
             with anyio.CancelScope() as scope:
                 self._run_scope = scope
@@ -318,7 +329,7 @@ class Connection:
                 self._set_done()
                 return
             if self._fire("close", reason or "user close"):
-                with anyio.move_on_after(self.setup.close_timeout):
+                with self._deadline(self.setup.close_timeout):
                     if await self._close_session(code, reason):
                         # The peer answered: the reader ends the session by itself once
                         # TCP closes, and the run loop sees the close request.
@@ -341,7 +352,7 @@ class Connection:
             self.last_close_sent = proto.close_sent
             # The reader keeps running and sees the peer's close reply or EOF,
             # unless close() was called from inside the handler (the reader itself).
-            if anyio.get_current_task().id == self._reader_task:
+            if self._delivering and anyio.get_current_task().id == self._reader_task:
                 return False
             if not self._peer_gone:
                 self._peer_closed = anyio.Event()
@@ -411,7 +422,7 @@ class Connection:
         )
         stream: ByteStream | None = None
         try:
-            with anyio.fail_after(setup.open_timeout):
+            with self._deadline(setup.open_timeout) as scope:
                 stream = await self._dialer(self.url)
                 await stream.send(proto.connect())
                 while True:
@@ -432,8 +443,8 @@ class Connection:
                                 retry_after=first.retry_after,
                                 fatal=first.status in _FATAL_STATUS,
                             )
-        except TimeoutError:
             reason = f"no handshake within open_timeout={setup.open_timeout:g} s"
+            assert scope.cancelled_caught
         except InvalidHandshake as exc:
             reason = f"invalid handshake: {exc}"
         except _TRANSPORT_ERRORS as exc:
@@ -447,9 +458,15 @@ class Connection:
     async def _set_up(self) -> None:
         """Run connector and subscriber, then go live (or end the session)."""
         setup = self.setup
+        if setup.connector is None and setup.subscriber is None:
+            self._fire("authenticated", "no connector")
+            self.subscriptions = []
+            self._attempt = 0
+            self._fire("subscribed", "no subscriber")
+            return
         self._setting_up = True
         try:
-            with anyio.fail_after(setup.setup_timeout):
+            with self._deadline(setup.setup_timeout) as scope:
                 if setup.connector is not None:
                     await setup.connector(self)
                 self._fire("authenticated", "connector done")
@@ -457,8 +474,8 @@ class Connection:
                 self.subscriptions = subs
                 if setup.subscriber is not None:
                     await setup.subscriber(self, subs)
-        except TimeoutError:
-            self._end_session(f"connector/subscriber exceeded setup_timeout={setup.setup_timeout:g} s")
+            if scope.cancelled_caught:
+                self._end_session(f"connector/subscriber exceeded setup_timeout={setup.setup_timeout:g} s")
         except (NotConnected, ConnectionClosed) as exc:
             self._end_session(f"lost during setup: {exc}")
         except Exception as exc:
@@ -480,7 +497,6 @@ class Connection:
         which costs one clock read and one cancel scope per *read*, never per
         message, and no extra task per connection.
         """
-        self._reader_task = anyio.get_current_task().id
         if leftovers:
             await self._dispatch(proto, leftovers)
             if self._session_end is not None:
@@ -596,7 +612,7 @@ class Connection:
                 self._reader_done(f"protocol error from server: {why} (closed with {code})")
             else:
                 # Wait briefly for the server to drop TCP (RFC 6455 7.1.1), then go.
-                with anyio.move_on_after(self.setup.close_timeout):
+                with self._deadline(self.setup.close_timeout):
                     await _drain_to_eof(self._stream)
                 self._reader_done(self._eof_reason(proto))
 
@@ -608,10 +624,13 @@ class Connection:
             if is_async(batch):
 
                 async def deliver_batch_async(messages: list[Message]) -> None:
+                    self._delivering = True  # (only async handlers can await close())
                     try:
                         await batch(self, messages)  # type: ignore[misc]
                     except Exception:
                         self._handler_failed(len(messages))
+                    finally:
+                        self._delivering = False
 
                 return deliver_batch_async
 
@@ -628,11 +647,15 @@ class Connection:
         if is_async(handler):
 
             async def deliver_each_async(messages: list[Message]) -> None:
-                for message in messages:
-                    try:
-                        await handler(self, message)  # type: ignore[misc]
-                    except Exception:
-                        self._handler_failed(1)
+                self._delivering = True  # (only async handlers can await close())
+                try:
+                    for message in messages:
+                        try:
+                            await handler(self, message)  # type: ignore[misc]
+                        except Exception:
+                            self._handler_failed(1)
+                finally:
+                    self._delivering = False
 
             return deliver_each_async
 

@@ -399,3 +399,17 @@ def test_backoff_validation_and_secrets_not_in_repr() -> None:
     setup = make_setup(extra_headers={"X-API-KEY": "s3cret"})
     assert "s3cret" not in repr(setup)
     assert dict(setup.extra_headers) == {"X-API-KEY": "s3cret"}
+
+
+async def test_backoff_resets_after_going_live_without_callbacks(sim: SimExchange) -> None:
+    """Each drop after a live session waits the initial backoff again, not a growing one."""
+    setup = make_setup(generate_subscriptions=None, subscriber=None)
+    with anyio.fail_after(120):
+        async with Connection(setup, dialer=sim.dialer()) as conn:
+            for _ in range(3):
+                await conn.wait_for(State.LIVE)
+                sim.drop()
+                await conn.wait_for(State.RECONNECTING)
+                lost_at = anyio.current_time()
+                await conn.wait_for(State.CONNECTING)
+                assert anyio.current_time() - lost_at == pytest.approx(1.0, abs=0.01)

@@ -1,0 +1,32 @@
+"""The engine's clock: the running event loop's own time, read cheaply.
+
+``anyio.current_time()`` looks the backend up on every call (~0.5 us); the
+engine reads the clock on every transition and every socket read, so it binds
+the backend's clock function once. It is the same clock anyio reads (and the
+one virtual-time test loops drive), so deadlines and sleeps agree with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import anyio
+import sniffio
+
+__all__ = ["Clock", "loop_clock"]
+
+#: seconds as a float, monotonic, in the event loop's time base
+Clock = Callable[[], float]
+
+
+def loop_clock() -> Clock:
+    """The running backend's clock function (call from inside the event loop)."""
+    library = sniffio.current_async_library()
+    if library == "asyncio":
+        return asyncio.get_running_loop().time
+    if library == "trio":
+        import trio
+
+        return trio.current_time
+    return anyio.current_time
