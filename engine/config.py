@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import random
+import re
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -32,11 +33,19 @@ Hook = Callable[["Connection"], Awaitable[None]]
 Subscriber = Callable[["Connection", list[Any]], Awaitable[None]]
 
 
-def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is None and attribute.default is None:
-        return
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ConfigError(f"{type(instance).__name__}.{attribute.name} must be a positive number, not {value!r}")
+
+
+def _positive_int(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{type(instance).__name__}.{attribute.name} must be a positive integer, not {value!r}")
+
+
+def _positive_int_or_none(instance: Any, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None:
+        _positive_int(instance, attribute, value)
 
 
 def _callable_or_none(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -69,7 +78,7 @@ class Backoff:
     maximum: float = attrs.field(default=30.0, validator=_positive)
     multiplier: float = attrs.field(default=2.0, validator=_positive)
     jitter: bool = True
-    max_attempts: int | None = attrs.field(default=None, validator=_positive)
+    max_attempts: int | None = attrs.field(default=None, validator=_positive_int_or_none)
 
     def __attrs_post_init__(self) -> None:
         if self.maximum < self.initial:
@@ -87,6 +96,12 @@ class Backoff:
         return base
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_RESERVED_HEADERS = frozenset(
+    {"host", "upgrade", "connection", "sec-websocket-key", "sec-websocket-version", "sec-websocket-protocol"}
+)
+
+
 def _headers(value: Any) -> tuple[tuple[str, str], ...]:
     if isinstance(value, Mapping):
         value = list(value.items())
@@ -94,7 +109,24 @@ def _headers(value: Any) -> tuple[tuple[str, str], ...]:
         pairs = tuple((str(k), str(v)) for k, v in value)
     except (TypeError, ValueError):
         raise ConfigError("ConnectionSetup.extra_headers must be a mapping or (name, value) pairs") from None
+    for name, header_value in pairs:
+        # Messages name the header, never its value: values are often API keys.
+        if not _TOKEN.fullmatch(name):
+            raise ConfigError(f"ConnectionSetup.extra_headers: {name!r} is not a valid header name")
+        if name.lower() in _RESERVED_HEADERS:
+            raise ConfigError(f"ConnectionSetup.extra_headers: {name!r} is set by the WebSocket handshake itself")
+        if any(c in header_value for c in "\r\n\0") or header_value != header_value.strip():
+            raise ConfigError(
+                f"ConnectionSetup.extra_headers: the value of {name!r} contains a line break, NUL or "
+                "surrounding whitespace (a key read from a file with its newline?)"
+            )
     return pairs
+
+
+def _redacted(url: str) -> str:
+    """The URL for reprs: scheme, host and port only (paths and queries carry tokens)."""
+    parsed = parse_url(url)
+    return repr(f"{parsed.scheme}://{parsed.host_header}/...") if parsed.resource != "/" else repr(url)
 
 
 def _url(value: Any) -> str:
@@ -131,7 +163,7 @@ class ConnectionSetup:
     ``close_timeout`` bounds the close handshake.
     """
 
-    url: str = attrs.field(converter=_url)
+    url: str = attrs.field(converter=_url, repr=lambda url: _redacted(url))
     handler: Handler | None = attrs.field(default=None, validator=_callable_or_none)
     batch_handler: BatchHandler | None = attrs.field(default=None, validator=_callable_or_none)
     connector: Hook | None = attrs.field(default=None, validator=_async_or_none)
@@ -144,12 +176,12 @@ class ConnectionSetup:
     open_timeout: float = attrs.field(default=10.0, validator=_positive)
     setup_timeout: float = attrs.field(default=30.0, validator=_positive)
     close_timeout: float = attrs.field(default=5.0, validator=_positive)
-    max_message_size: int | None = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=_positive)
+    max_message_size: int | None = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=_positive_int_or_none)
     subprotocols: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     # Headers often carry API keys: never shown in reprs.
     extra_headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_headers, repr=False)
     frame_path: str = "fast"
-    read_size: int = attrs.field(default=256 * 1024, validator=_positive)
+    read_size: int = attrs.field(default=256 * 1024, validator=_positive_int)
     backoff: Backoff = attrs.field(factory=Backoff)
     ssl_context: ssl.SSLContext | None = attrs.field(default=None, repr=False)
     name: str | None = None

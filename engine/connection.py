@@ -15,6 +15,7 @@ A lost session ends its task group; the run loop backs off and retries.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import random
@@ -40,6 +41,7 @@ from machines.connection import ConnectionModel, State
 from transports.base import ByteStream, Dialer
 from transports.memory import MemoryByteStream
 from transports.tcp import AsyncioByteStream, tcp_dialer
+from transports.frames import is_valid_close_code
 from transports.websocket import (
     Accepted,
     ClientProtocol,
@@ -128,7 +130,8 @@ class Connection:
             raise TypeError(f"Connection needs a ConnectionSetup, not {type(setup).__name__}")
         self.setup = setup
         self.url = setup.parsed_url
-        self.id = id or setup.name or str(self.url)
+        # Not the full URL: paths and queries often carry tokens (listen keys).
+        self.id = id or setup.name or f"{self.url.scheme}://{self.url.host_header}"
         self._dialer = dialer if dialer is not None else tcp_dialer(setup.ssl_context)
         self._clock: Clock = clock if clock is not None else anyio.current_time  # bound in _begin()
         self._own_clock = clock is None
@@ -322,22 +325,34 @@ class Connection:
             self._fire("retry", f"attempt {self._attempt} after {delay:.3f} s")
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close (idempotent, bounded by ``close_timeout``); returns when every task has ended."""
+        """Close (idempotent, bounded by ``close_timeout``); returns when every task has ended.
+
+        Called from inside an async handler it sends the close frame and
+        stops without waiting for the peer's reply (the handler runs in the
+        reader, which would deliver it).
+        """
+        if not is_valid_close_code(code):
+            raise ValueError(f"close code {code} may not be sent (use 1000, 1001, 1008-1014 or 3000-4999)")
+        if len(reason.encode("utf-8")) > 123:
+            raise ValueError("close reason is limited to 123 UTF-8 bytes")
         if self._close_requested is None:
             self._close_requested = (code, reason)
             if not self._started:
                 self._set_done()
                 return
-            if self._fire("close", reason or "user close"):
-                with self._deadline(self.setup.close_timeout):
-                    if await self._close_session(code, reason):
-                        # The peer answered: the reader ends the session by itself once
-                        # TCP closes, and the run loop sees the close request.
-                        await self._finished_event().wait()
-            if self._session_scope is not None:
-                self._session_scope.cancel()
-            if self._run_scope is not None:
-                self._run_scope.cancel()
+            try:
+                if self._fire("close", reason or "user close"):
+                    with self._deadline(self.setup.close_timeout):
+                        if await self._close_session(code, reason):
+                            # The peer answered: the reader ends the session by itself
+                            # once TCP closes, and the run loop sees the close request.
+                            await self._finished_event().wait()
+            finally:
+                # Whatever happened above (timeout, cancellation of the caller), stop.
+                if self._session_scope is not None:
+                    self._session_scope.cancel()
+                if self._run_scope is not None:
+                    self._run_scope.cancel()
         elif not self._started:
             return
         await self._finished_event().wait()
@@ -367,6 +382,7 @@ class Connection:
         self.sessions += 1
         self._session_end = None
         self._peer_gone = False
+        self._send_lock = None  # per session: a writer stuck on a dead stream must not block the next
         try:
             stream, proto, leftovers = await self._open()
         except _SessionEnd as end:
@@ -400,11 +416,14 @@ class Connection:
         """Record why this session ends (first reason wins) and stop its tasks."""
         if self._session_end is None:
             self._session_end = _SessionEnd(reason, retry_after=retry_after, fatal=fatal)
+        if self._peer_closed is not None:
+            self._peer_closed.set()  # a close() waiting for the peer need not wait any longer
         if self._session_scope is not None:
             self._session_scope.cancel()
 
     def _reader_done(self, reason: str) -> None:
         """The reader ends the session and returns: cancel only a setup still running."""
+        self._on_peer_gone()  # nothing more will come from this session
         if self._session_end is None:
             self._session_end = _SessionEnd(reason)
         if self._setting_up and self._session_scope is not None:
@@ -449,6 +468,9 @@ class Connection:
             reason = f"invalid handshake: {exc}"
         except _TRANSPORT_ERRORS as exc:
             reason = f"dial failed: {_describe(exc)}"
+        except ValueError as exc:  # our own request could not be built: retrying won't help
+            await _close_quietly(stream)
+            raise _SessionEnd(f"cannot build the handshake request: {exc}", fatal=True) from None
         except BaseException:
             await _close_quietly(stream)
             raise
@@ -457,6 +479,8 @@ class Connection:
 
     async def _set_up(self) -> None:
         """Run connector and subscriber, then go live (or end the session)."""
+        if self._session_end is not None:
+            return  # the reader already ended this session before setup could start
         setup = self.setup
         if setup.connector is None and setup.subscriber is None:
             self._fire("authenticated", "no connector")
@@ -477,7 +501,8 @@ class Connection:
             if scope.cancelled_caught:
                 self._end_session(f"connector/subscriber exceeded setup_timeout={setup.setup_timeout:g} s")
         except (NotConnected, ConnectionClosed) as exc:
-            self._end_session(f"lost during setup: {exc}")
+            if not self._peer_gone:  # else the reader ends the session with the real reason
+                self._end_session(f"lost during setup: {exc}")
         except Exception as exc:
             log.exception("%s: connector/subscriber failed", self.id)
             self._end_session(f"connector/subscriber failed: {type(exc).__name__}: {exc}")
@@ -505,7 +530,6 @@ class Connection:
         feed = proto.receive_data
         clock = self._clock
         size = self.setup.read_size
-        deliver = self._deliver
         timeout = self.setup.traffic_timeout
         grace = self.setup.pong_timeout
         # A keepalive ping at half the timeout lets a quiet but healthy peer
@@ -538,17 +562,16 @@ class Connection:
                 if stale_until is not None:
                     self._reader_done(f"no traffic within pong_timeout={grace:g} s after a ping")
                     return
-                if pinged_at != last:
+                if keepalive is not None and pinged_at != last:
                     pinged_at = last  # keepalive (or, while setting up, a probe); then the full timeout
                     await self._ping_or_end()
                 elif self.state is State.LIVE:
-                    self._fire("silence", f"no traffic for {now - last:g} s")
+                    self._fire("silence", f"no traffic for {timeout:g} s")
                     stale_until = now + grace
                     await self._ping_or_end()
                 else:
                     self._last_rx = now  # still setting up: setup_timeout bounds that phase
                 continue
-            self._last_rx = clock()
             if stale_until is not None:
                 stale_until = None
                 self._fire("traffic", "frame within the grace")
@@ -559,15 +582,29 @@ class Connection:
                     return
             elif items:
                 self.messages_received += len(items)
-                await deliver(items)
+                await self._deliver(items)
+            # Taken after handling (still one clock read per read): time spent
+            # in a slow handler is not the peer's silence.
+            self._last_rx = clock()
 
     async def _ping_or_end(self) -> None:
         proto = self._proto
         if proto is not None and proto.state is ProtocolState.OPEN:
-            try:
-                await self._write(proto.send_ping(b"wirestate"))
-            except _TRANSPORT_ERRORS as exc:
-                self._end_session(f"ping failed: {_describe(exc)}")
+            await self._reader_write(proto.send_ping(b"wirestate"), "ping")
+
+    async def _reader_write(self, data: bytes, what: str) -> None:
+        """A write by the reader (ping, pong, close echo), bounded so a peer
+        that stops reading (or a send stuck behind the lock) cannot stall
+        liveness: past ``pong_timeout`` the session ends."""
+        grace = self.setup.pong_timeout
+        try:
+            with self._deadline(grace) as scope:
+                await self._write(data)
+        except _TRANSPORT_ERRORS as exc:
+            self._end_session(f"{what} failed: {_describe(exc)}")
+            return
+        if scope.cancelled_caught:
+            self._end_session(f"{what} not written within pong_timeout={grace:g} s (peer not reading)")
 
     def _on_peer_gone(self) -> None:
         self._peer_gone = True
@@ -600,10 +637,18 @@ class Connection:
         if outgoing:
             if proto.close_sent is not None and self.last_close_sent is None:
                 self.last_close_sent = proto.close_sent
-            try:
-                await self._write(outgoing)
-            except _TRANSPORT_ERRORS:
-                pass  # the reader sees the broken stream next
+            if proto.state is ProtocolState.CLOSED:
+                # Our close reply or failure close: best effort, bounded; the close
+                # (or violation) is what ends the session, not this write.
+                with self._deadline(self.setup.close_timeout):
+                    try:
+                        await self._write(outgoing)
+                    except _TRANSPORT_ERRORS:
+                        pass
+            else:
+                await self._reader_write(outgoing, "pong")
+                if self._session_end is not None:
+                    return
         if proto.state is ProtocolState.CLOSED:
             self.last_close_sent = proto.close_sent or self.last_close_sent
             self._on_peer_gone()
@@ -616,12 +661,15 @@ class Connection:
                     await _drain_to_eof(self._stream)
                 self._reader_done(self._eof_reason(proto))
 
-    def _make_delivery(self) -> Callable[[list[Message]], Awaitable[None]]:
+    def _make_delivery(self, awaited: bool | None = None) -> Callable[[list[Message]], Awaitable[None]]:
         """Build the per-read delivery function once, for the handler's shape."""
         setup = self.setup
-        if setup.batch_handler is not None:
-            batch = setup.batch_handler
-            if is_async(batch):
+        batch = setup.batch_handler
+        handler = setup.handler
+        if awaited is None:
+            awaited = is_async(batch if batch is not None else handler)
+        if batch is not None:
+            if awaited:
 
                 async def deliver_batch_async(messages: list[Message]) -> None:
                     self._delivering = True  # (only async handlers can await close())
@@ -640,11 +688,10 @@ class Connection:
                 except Exception:
                     self._handler_failed(len(messages))
 
-            return deliver_batch
+            return self._probing(deliver_batch, lambda messages: batch(self, messages))
 
-        handler = setup.handler
         assert handler is not None
-        if is_async(handler):
+        if awaited:
 
             async def deliver_each_async(messages: list[Message]) -> None:
                 self._delivering = True  # (only async handlers can await close())
@@ -666,7 +713,39 @@ class Connection:
                 except Exception:
                     self._handler_failed(1)
 
-        return deliver_each
+        return self._probing(deliver_each, lambda messages: handler(self, messages[0]))
+
+    def _probing(
+        self,
+        fast: Callable[[list[Message]], Awaitable[None]],
+        first_call: Callable[[list[Message]], object],
+    ) -> Callable[[list[Message]], Awaitable[None]]:
+        """Wrap a plain handler's delivery to look at its first return value.
+
+        A plain function that returns an awaitable (a lambda around an async
+        call) was meant to be awaited: its messages would otherwise be lost
+        without a trace. Checked once, then the plain fast path runs.
+        """
+
+        async def first_delivery(messages: list[Message]) -> None:
+            self._deliver = fast
+            per_message = self.setup.batch_handler is None
+            try:
+                result = first_call(messages)
+            except Exception:
+                self._handler_failed(1 if per_message else len(messages))
+                result = None
+            if inspect.isawaitable(result):
+                log.warning("%s: the handler returned an awaitable, so it is awaited from now on: declare it async def", self.id)
+                self._deliver = self._make_delivery(awaited=True)
+                try:
+                    await result
+                except Exception:
+                    self._handler_failed(1 if per_message else len(messages))
+            if per_message and len(messages) > 1:
+                await self._deliver(messages[1:])
+
+        return first_delivery
 
     def _handler_failed(self, count: int) -> None:
         # A handler bug must not kill the stream, and must not pass unnoticed.
@@ -743,13 +822,15 @@ class Connection:
         The matcher is registered before the send, so a fast reply is never
         missed; the matched message is not passed to the handler. Raises
         :class:`RequestTimeout`, or :class:`ConnectionLost` if the socket
-        drops first (the request's outcome is then unknown).
+        drops first (the request's outcome is then unknown). Don't await it
+        from inside the handler: the handler runs in the reader, which is
+        what delivers the reply (it would wait for its timeout).
         """
         waiter = _Waiter(match)
         self._waiters.append(waiter)
         try:
-            await self.send(payload)
-            with anyio.move_on_after(timeout):
+            with self._deadline(timeout):  # the send counts too: a blocked send is a timeout
+                await self.send(payload)
                 await waiter.event.wait()
         finally:
             if waiter in self._waiters:

@@ -138,3 +138,26 @@ def test_parse_url(url: str, expected: tuple[str, int, str, bool]) -> None:
 def test_parse_url_rejects(url: Any) -> None:
     with pytest.raises(InvalidURL):
         parse_url(url)
+
+
+async def test_aclose_wakes_a_writer_blocked_on_a_peer_that_does_not_read(anyio_backend: str) -> None:
+    async def never_reads(stream: anyio.abc.SocketStream) -> None:
+        await anyio.sleep(30)
+
+    async with serving(never_reads) as stream:
+        errors: list[BaseException] = []
+
+        async def flood() -> None:
+            try:
+                for _ in range(10_000):  # bounded: ~640 MiB at most, blocks long before
+                    await stream.send(b"x" * 65536)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flood)
+            await anyio.sleep(0.5)  # the kernel buffers fill; the writer blocks
+            await stream.aclose()
+        assert errors, "the blocked writer was not woken by aclose()"
+        with pytest.raises(anyio.ClosedResourceError):
+            await stream.receive()

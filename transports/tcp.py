@@ -101,9 +101,11 @@ class AsyncioByteStream(ByteStream):
     async def receive(self, max_bytes: int = 65536) -> bytes:
         protocol = self._protocol
         chunks = protocol.chunks
-        while not chunks:
+        while True:
             if self._closing:
                 raise anyio.ClosedResourceError
+            if chunks:
+                break
             if protocol.lost is not None:
                 raise anyio.BrokenResourceError(str(protocol.lost)) from protocol.lost
             if protocol.eof:
@@ -136,6 +138,8 @@ class AsyncioByteStream(ByteStream):
                 await waiter
             finally:
                 protocol.drain = None
+            if self._closing:
+                raise anyio.ClosedResourceError
 
     async def send_eof(self) -> None:
         if self._transport.can_write_eof():
@@ -144,13 +148,21 @@ class AsyncioByteStream(ByteStream):
     async def aclose(self) -> None:
         if not self._closing:
             self._closing = True
-            self._transport.close()
+            if self._transport.get_write_buffer_size():
+                # close() would wait to flush to a peer that may never read:
+                # the socket (and a blocked writer) would outlive us.
+                self._transport.abort()
+            else:
+                self._transport.close()
             self._protocol._wake_reader()
+            self._protocol._wake_writer()
 
     def abort(self) -> None:
         """Reset the connection (no FIN): for tests and fault injection."""
         self._closing = True
         self._transport.abort()
+        self._protocol._wake_reader()
+        self._protocol._wake_writer()
 
 
 async def dial_tcp(url: URL, *, ssl_context: ssl.SSLContext | None = None) -> ByteStream:

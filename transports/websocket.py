@@ -202,8 +202,9 @@ class ClientProtocol:
             raise ConnectionError("the handshake was already done")
         try:
             request = h11.Request(method="GET", target=self.resource, headers=headers)
-        except h11.LocalProtocolError as exc:
-            raise ValueError(f"invalid handshake request: {exc}") from None
+        except h11.LocalProtocolError:
+            # h11's message quotes the offending value, which may be a secret.
+            raise ValueError("invalid handshake request: a header name or value, or the target, is not allowed") from None
         return self._h11.send(request) or b""
 
     def _receive_handshake(self, data: bytes) -> list[object]:

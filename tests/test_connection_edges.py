@@ -1,0 +1,185 @@
+"""Edge cases found in review: close robustness, stalled writes, slow handlers, secrets, config."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+import wsproto
+import wsproto.events as wse
+
+from engine import Backoff, ConfigError, Connection, ConnectionSetup, State
+from engine.sim import SimExchange
+from transports.base import URL, ByteStream
+from transports.memory import memory_pair
+
+pytestmark = pytest.mark.anyio
+
+
+def setup_for(**overrides: Any) -> ConnectionSetup:
+    options: dict[str, Any] = dict(
+        url="ws://peer.test/",
+        handler=lambda conn, message: None,
+        traffic_timeout=10.0,
+        pong_timeout=3.0,
+        backoff=Backoff(initial=100.0, maximum=100.0, jitter=False),
+    )
+    options.update(overrides)
+    return ConnectionSetup(**options)
+
+
+def silent_peer(tg: anyio.abc.TaskGroup, pings: list[bytes], *, reads: bool) -> Callable[[URL], Awaitable[ByteStream]]:
+    """Accepts the handshake, sends nothing; counts pings, or stops reading at all (``reads=False``)."""
+
+    async def serve(stream: ByteStream) -> None:
+        ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+        try:
+            while True:
+                ws.receive_data(await stream.receive())
+                for event in ws.events():
+                    if isinstance(event, wse.Request):
+                        await stream.send(ws.send(wse.AcceptConnection()))
+                        if not reads:
+                            await anyio.sleep_forever()
+                    elif isinstance(event, wse.Ping):
+                        pings.append(event.payload)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return
+
+    async def dial(url: URL) -> ByteStream:
+        # No buffering at all: a peer that stops reading blocks our next write.
+        client, server = memory_pair(0 if not reads else float("inf"))
+        tg.start_soon(serve, server)
+        return client
+
+    return dial
+
+
+async def test_invalid_close_arguments_raise_without_wedging() -> None:
+    async with SimExchange() as sim:
+        with anyio.fail_after(30):
+            async with Connection(setup_for(), dialer=sim.dialer()) as conn:
+                await conn.wait_for(State.LIVE)
+                with pytest.raises(ValueError, match="1006"):
+                    await conn.close(1006)
+                with pytest.raises(ValueError, match="123"):
+                    await conn.close(1000, "x" * 200)
+                assert conn.state is State.LIVE  # nothing changed
+        assert conn.state is State.DISCONNECTED
+
+
+async def test_interrupted_close_still_stops_the_connection() -> None:
+    async with SimExchange() as sim:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                conn = Connection(setup_for(close_timeout=5.0), dialer=sim.dialer())
+                tg.start_soon(conn.run)
+                await conn.wait_for(State.LIVE)
+                sim.stall()  # the peer won't answer our close frame
+                with anyio.move_on_after(0.5):
+                    await conn.close()  # the caller gives up early
+                await conn.close()  # a later close returns: the connection did stop
+            assert conn.state is State.DISCONNECTED
+
+
+async def test_peer_that_stops_reading_cannot_stall_liveness() -> None:
+    pings: list[bytes] = []
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            setup = setup_for(traffic_timeout=10.0, pong_timeout=3.0)
+            async with Connection(setup, dialer=silent_peer(tg, pings, reads=False)) as conn:
+                await conn.wait_for(State.LIVE)
+                started = anyio.current_time()
+                await conn.wait_for(State.RECONNECTING)
+                # keepalive ping due at 5 s blocks; its write deadline (3 s) ends the session
+                assert anyio.current_time() - started <= 10.0
+            tg.cancel_scope.cancel()
+    lost = [e.reason for e in conn.history if e.trigger == "lost"]
+    assert lost and "not written within pong_timeout" in lost[0]
+
+
+async def test_keepalive_off_sends_one_ping_at_silence() -> None:
+    pings: list[bytes] = []
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            setup = setup_for(keepalive=False)
+            async with Connection(setup, dialer=silent_peer(tg, pings, reads=True)) as conn:
+                await conn.wait_for(State.STALE)
+                await anyio.sleep(1)
+                assert len(pings) == 1
+            tg.cancel_scope.cancel()
+
+
+async def test_slow_handler_is_not_silence() -> None:
+    """Time spent in the handler is not the peer's silence: no false stale."""
+
+    async def slow(conn: Connection, message: str | bytes) -> None:
+        await anyio.sleep(12)  # longer than traffic_timeout
+
+    async with SimExchange(rate=1.0) as sim:
+        async def subscribe(conn: Connection, subs: list[Any]) -> None:
+            await conn.send({"op": "subscribe", "channel": "ticker", "symbols": ["BTC-USD"], "id": 1})
+
+        setup = setup_for(
+            handler=slow, traffic_timeout=10.0, subscriber=subscribe, generate_subscriptions=lambda: ["ticker"]
+        )
+        with anyio.fail_after(200):
+            async with Connection(setup, dialer=sim.dialer()) as conn:
+                await conn.wait_for(State.LIVE)
+                await anyio.sleep(60)
+    assert "silence" not in [e.trigger for e in conn.history]
+
+
+async def test_plain_handler_returning_an_awaitable_is_awaited(caplog: pytest.LogCaptureFixture) -> None:
+    got: list[Any] = []
+
+    async def record(message: str | bytes) -> None:
+        got.append(message)
+
+    async with SimExchange(rate=5.0) as sim:
+        async def subscribe(conn: Connection, subs: list[Any]) -> None:
+            await conn.send({"op": "subscribe", "channel": "ticker", "symbols": ["BTC-USD"], "id": 1})
+
+        setup = setup_for(
+            handler=lambda conn, m: record(m), subscriber=subscribe, generate_subscriptions=lambda: ["ticker"]
+        )
+        with anyio.fail_after(60):
+            async with Connection(setup, dialer=sim.dialer()) as conn:
+                await conn.wait_for(State.LIVE)
+                await anyio.sleep(3)
+    assert conn.messages_received >= 10
+    assert len(got) == conn.messages_received  # none lost
+    assert "declare it async def" in caplog.text
+
+
+def test_secrets_stay_out_of_ids_reprs_and_errors() -> None:
+    setup = setup_for(url="wss://stream.test:9443/ws/LISTENKEY123?token=SECRET")
+    assert "LISTENKEY123" not in repr(setup) and "SECRET" not in repr(setup)
+    conn = Connection(setup)
+    assert conn.id == "wss://stream.test:9443"
+    assert "SECRET" not in repr(conn)
+    with pytest.raises(ConfigError) as info:
+        setup_for(extra_headers={"X-API-KEY": "sk_live_SECRET\n"})
+    assert "SECRET" not in str(info.value) and "X-API-KEY" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"extra_headers": {"Bad Name": "v"}}, "not a valid header name"),
+        ({"extra_headers": {"Sec-WebSocket-Key": "v"}}, "set by the WebSocket handshake"),
+        ({"read_size": 1.5}, "positive integer"),
+        ({"max_message_size": 0}, "positive integer"),
+        ({"backoff": "fast"}, "Backoff"),
+    ],
+)
+def test_more_config_errors(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        setup_for(**overrides)
+
+
+def test_unlimited_message_size_is_allowed() -> None:
+    assert setup_for(max_message_size=None).max_message_size is None
