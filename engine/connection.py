@@ -111,10 +111,10 @@ class Connection:
         "last_close_received", "last_close_sent", "last_rejection",
         "messages_received", "handler_errors", "sessions",
         "_dialer", "_clock", "_rng", "_model", "_listeners", "_changed", "_finished", "_done",
-        "_send_lock", "_peer_closed", "_peer_gone", "_started", "_close_requested", "_run_scope",
+        "_send_lock", "_peer_gone", "_started", "_close_requested", "_run_scope",
         "_session_scope", "_session_end", "_stream", "_proto", "_waiters",
         "_reader_task", "_task_group", "_last_rx", "_attempt", "_ids", "_deliver", "_setting_up",
-        "_own_clock", "_delivering",
+        "_own_clock", "_delivering", "_sending",
     )  # fmt: skip
 
     def __init__(
@@ -145,8 +145,8 @@ class Connection:
         self._changed: anyio.Event | None = None  # set (and dropped) on the next transition
         self._finished: anyio.Event | None = None
         self._done = False  # run() has ended (or close() came before it started)
-        self._send_lock: anyio.Lock | None = None
-        self._peer_closed: anyio.Event | None = None  # only while close() waits for the peer
+        self._send_lock: anyio.Event | None = None  # set when the current send ends
+        self._sending: ByteStream | None = None  # the stream a send is in progress on
         self._peer_gone = False  # this session's stream ended or broke
         self._started = False
         self._close_requested: tuple[int, str] | None = None
@@ -263,12 +263,21 @@ class Connection:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
-        assert self._task_group is not None
+        tg = self._task_group
+        assert tg is not None
         try:
             with anyio.CancelScope(shield=True):
-                await self.close()
+                if self._close_requested is None:
+                    self._close_requested = (1000, "")
+                    if self._fire("close", "user close") and await self._send_close_frame(1000, ""):
+                        # The run task sees the close handshake through by itself; the
+                        # task group's deadline is the bound if the peer never answers.
+                        tg.cancel_scope.deadline = self._clock() + self.setup.close_timeout
+                    else:
+                        self._stop_tasks()
         finally:
-            return await self._task_group.__aexit__(*exc_info)
+            # One wait for the run task (no second hand-off through close()).
+            return await tg.__aexit__(*exc_info)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Keep the connection alive until :meth:`close` or give-up.
@@ -343,38 +352,40 @@ class Connection:
             try:
                 if self._fire("close", reason or "user close"):
                     with self._deadline(self.setup.close_timeout):
-                        if await self._close_session(code, reason):
-                            # The peer answered: the reader ends the session by itself
-                            # once TCP closes, and the run loop sees the close request.
+                        if await self._send_close_frame(code, reason):
+                            # The reader sees the peer's close reply and TCP close and
+                            # ends the session; the run loop stops on the close request.
+                            # Nothing to cancel when that happens within close_timeout.
                             await self._finished_event().wait()
             finally:
                 # Whatever happened above (timeout, cancellation of the caller), stop.
-                if self._session_scope is not None:
-                    self._session_scope.cancel()
-                if self._run_scope is not None:
-                    self._run_scope.cancel()
+                self._stop_tasks()
         elif not self._started:
             return
-        await self._finished_event().wait()
+        if not self._done:
+            await self._finished_event().wait()
 
-    async def _close_session(self, code: int, reason: str) -> bool:
-        """Send our close frame and wait for the peer's; True when it came in time."""
+    def _stop_tasks(self) -> None:
+        if self._session_scope is not None:
+            self._session_scope.cancel()
+        if self._run_scope is not None:
+            self._run_scope.cancel()
+
+    async def _send_close_frame(self, code: int, reason: str) -> bool:
+        """Start the close handshake; True when the reader will see it through."""
         proto, stream = self._proto, self._stream
         if proto is None or stream is None or proto.state is not ProtocolState.OPEN:
             return False
         try:
-            await self._write(proto.send_close(code, reason))
-            self.last_close_sent = proto.close_sent
-            # The reader keeps running and sees the peer's close reply or EOF,
-            # unless close() was called from inside the handler (the reader itself).
-            if self._delivering and anyio.get_current_task().id == self._reader_task:
-                return False
-            if not self._peer_gone:
-                self._peer_closed = anyio.Event()
-                await self._peer_closed.wait()
+            with self._deadline(self.setup.close_timeout) as scope:
+                await self._write(proto.send_close(code, reason))
         except _TRANSPORT_ERRORS:
-            pass
-        return self._peer_gone
+            return False
+        if scope.cancelled_caught:
+            return False
+        self.last_close_sent = proto.close_sent
+        # From inside an async handler we are the reader: it can't read the reply.
+        return not (self._delivering and anyio.get_current_task().id == self._reader_task)
 
     # -- one session -----------------------------------------------------
 
@@ -382,7 +393,9 @@ class Connection:
         self.sessions += 1
         self._session_end = None
         self._peer_gone = False
-        self._send_lock = None  # per session: a writer stuck on a dead stream must not block the next
+        # Per session: a writer stuck on a dead stream must not block the next one.
+        self._send_lock = None
+        self._sending = None
         try:
             stream, proto, leftovers = await self._open()
         except _SessionEnd as end:
@@ -416,8 +429,6 @@ class Connection:
         """Record why this session ends (first reason wins) and stop its tasks."""
         if self._session_end is None:
             self._session_end = _SessionEnd(reason, retry_after=retry_after, fatal=fatal)
-        if self._peer_closed is not None:
-            self._peer_closed.set()  # a close() waiting for the peer need not wait any longer
         if self._session_scope is not None:
             self._session_scope.cancel()
 
@@ -608,8 +619,6 @@ class Connection:
 
     def _on_peer_gone(self) -> None:
         self._peer_gone = True
-        if self._peer_closed is not None:
-            self._peer_closed.set()
 
     def _eof_reason(self, proto: ClientProtocol) -> str:
         if proto.close_received is not None:
@@ -758,18 +767,23 @@ class Connection:
         stream = self._stream
         if stream is None:
             raise NotConnected(f"{self.id}: not connected ({self.state.value})")
-        lock = self._send_lock
-        if lock is None:
-            lock = self._send_lock = anyio.Lock()
-        # Frames must not interleave; the uncontended case takes the lock without a checkpoint.
-        try:
-            lock.acquire_nowait()
-        except anyio.WouldBlock:
-            await lock.acquire()
+        # Frames must not interleave. A send only suspends under backpressure,
+        # so the gate (an Event) is made only when a second sender has to wait.
+        while self._sending is stream:
+            gate = self._send_lock
+            if gate is None:
+                gate = self._send_lock = anyio.Event()
+            await gate.wait()
+        self._sending = stream
         try:
             await stream.send(data)
         finally:
-            lock.release()
+            if self._sending is stream:  # (a send stuck on an old session's stream must not clear the new one's)
+                self._sending = None
+            gate = self._send_lock
+            if gate is not None:
+                self._send_lock = None
+                gate.set()
 
     def _open_protocol(self) -> ClientProtocol:
         proto = self._proto
