@@ -202,7 +202,7 @@ class Connection:
     @property
     def state(self) -> State:
         """The machine's current state."""
-        return self._model.state
+        return State(self._model.state)
 
     def on_state_change(self, listener: StateListener) -> Callable[[], None]:
         """Call ``listener(StateChanged)`` on every transition; returns an unsubscribe function."""

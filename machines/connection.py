@@ -81,21 +81,23 @@ class ConnectionModel:
     """
 
     def __init__(self, *, needs_auth: bool = False, listener: Listener | None = None) -> None:
-        self.state = State.DISCONNECTED
+        # The machine runs on plain string states (the enum values): transitions
+        # resolves Enum states through several property lookups per transition.
+        self.state: str = State.DISCONNECTED.value
         self.needs_auth = needs_auth
         self.listener = listener
 
     def _after_change(self, event: EventData) -> None:
         if self.listener is not None:
             reason = event.kwargs.get("reason", "")
-            source = State[event.transition.source]
-            dest = State[event.transition.dest]
+            source = State(event.transition.source)
+            dest = State(event.transition.dest)
             self.listener(source, dest, event.event.name, reason)
 
     def fire(self, trigger: str, reason: str = "") -> bool:
         """Fire ``trigger`` if the current state allows it; return whether it moved."""
         event = MACHINE.events[trigger]
-        if self.state.name not in event.transitions:
+        if self.state not in event.transitions:
             return False  # not a transition from here (checked first: transitions would log a warning)
         return bool(event.trigger(self, reason=reason))
 
@@ -104,13 +106,22 @@ def _after_change(event: EventData) -> None:
     event.model._after_change(event)
 
 
+def _plain(transition: dict[str, Any]) -> dict[str, Any]:
+    """A transition with its State members as plain strings."""
+    plain = dict(transition)
+    for key in ("source", "dest"):
+        value = plain[key]
+        plain[key] = [s.value for s in value] if isinstance(value, list) else value.value
+    return plain
+
+
 def build_machine(machine_class: type[Machine] = Machine, **extra: Any) -> Machine:
     """A Machine over the connection tables (``model=None``: add models later)."""
     return machine_class(
         model=extra.pop("model", None),
-        states=list(STATES),
-        transitions=[dict(t) for t in TRANSITIONS],
-        initial=State.DISCONNECTED,
+        states=[state.value for state in STATES],
+        transitions=[_plain(t) for t in TRANSITIONS],
+        initial=State.DISCONNECTED.value,
         auto_transitions=False,
         send_event=True,
         # A callable, not a method name: spares a getattr per transition.

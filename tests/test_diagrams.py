@@ -23,7 +23,7 @@ def test_check_fails_on_drift(tmp_path: Path) -> None:
     assert main(["diagrams", "--dir", str(tmp_path)]) == 0
     assert main(["diagrams", "--check", "--dir", str(tmp_path)]) == 0
     path = tmp_path / "connection.md"
-    path.write_text(path.read_text().replace("LIVE --> STALE: silence", "LIVE --> STALE: hush"))
+    path.write_text(path.read_text().replace("live --> stale: silence", "live --> stale: hush"))
     assert main(["diagrams", "--check", "--dir", str(tmp_path)]) == 1
 
 
@@ -34,11 +34,11 @@ def test_diagram_lists_exactly_the_states_and_triggers_in_use() -> None:
     for t in TRANSITIONS:
         sources = t["source"] if isinstance(t["source"], list) else [t["source"]]
         for source in sources:
-            expected.add((source.name, t["dest"].name, t["trigger"]))
+            expected.add((source.value, t["dest"].value, t["trigger"]))
     assert edges == expected
     assert {e[2] for e in edges} == set(TRIGGERS)
     drawn_states = set(re.findall(r'^\s+state "(\w+)" as', text, re.M))
-    assert drawn_states == {s.name for s in STATES}
+    assert drawn_states == {s.value for s in STATES}
 
 
 def test_layer_rules_hold() -> None:
