@@ -8,11 +8,12 @@ one virtual-time test loops drive), so deadlines and sleeps agree with it.
 
 from __future__ import annotations
 
-import asyncio
+import sys
 from collections.abc import Callable
 
 import anyio
-import sniffio
+
+from transports.base import running_asyncio_loop
 
 __all__ = ["Clock", "loop_clock"]
 
@@ -22,11 +23,15 @@ Clock = Callable[[], float]
 
 def loop_clock() -> Clock:
     """The running backend's clock function (call from inside the event loop)."""
-    library = sniffio.current_async_library()
-    if library == "asyncio":
-        return asyncio.get_running_loop().time
-    if library == "trio":
-        import trio
-
-        return trio.current_time
+    loop = running_asyncio_loop()
+    if loop is not None:
+        return loop.time
+    trio = sys.modules.get("trio")  # running under trio means it is imported
+    if trio is not None:
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            pass
+        else:
+            return trio.current_time  # type: ignore[no-any-return]
     return anyio.current_time

@@ -8,13 +8,14 @@ stream, so the engine never knows which transport it runs on.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from anyio.abc import ByteStream
 
-__all__ = ["ByteStream", "Dialer", "URL", "InvalidURL", "parse_url"]
+__all__ = ["ByteStream", "Dialer", "URL", "InvalidURL", "parse_url", "running_asyncio_loop"]
 
 
 class InvalidURL(ValueError):
@@ -75,3 +76,11 @@ def parse_url(url: str) -> URL:
 
 #: ``async (url) -> ByteStream``: opens a connected byte stream to ``url``.
 Dialer = Callable[[URL], Awaitable[ByteStream]]
+
+
+def running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop, or None (under trio). Not sniffio: anyio no longer needs it."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

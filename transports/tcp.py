@@ -15,10 +15,9 @@ import collections
 import ssl
 
 import anyio
-import sniffio
 from anyio.abc import ByteStream
 
-from transports.base import URL, Dialer
+from transports.base import URL, Dialer, running_asyncio_loop
 
 __all__ = ["AsyncioByteStream", "dial_tcp", "tcp_dialer"]
 
@@ -172,8 +171,8 @@ async def dial_tcp(url: URL, *, ssl_context: ssl.SSLContext | None = None) -> By
     pass your own context to pin a CA or (knowingly) relax checks.
     """
     if not url.secure:
-        if sniffio.current_async_library() == "asyncio":
-            loop = asyncio.get_running_loop()
+        loop = running_asyncio_loop()
+        if loop is not None:
             transport, protocol = await loop.create_connection(_StreamProtocol, url.host, url.port)
             return AsyncioByteStream(transport, protocol)  # type: ignore[arg-type]
         return await anyio.connect_tcp(url.host, url.port)
