@@ -29,7 +29,13 @@ def _diagrams(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import importlib.util
+
     from engine.demo import run_demo
+
+    if args.backend == "trio" and importlib.util.find_spec("trio") is None:
+        print("wirestate demo --backend trio needs trio: pip install trio", file=sys.stderr)
+        return 2
 
     return run_demo(duration=args.duration, backend=args.backend)
 
