@@ -61,7 +61,8 @@ def _async_or_none(instance: Any, attribute: attrs.Attribute[Any], value: Any) -
 
 def is_async(fn: Any) -> bool:
     """True for ``async def`` functions and objects whose ``__call__`` is one."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    # (an object whose class defines ``async def __call__`` counts too)
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(type(fn), "__call__", None))  # noqa: B004
 
 
 @attrs.frozen

@@ -265,6 +265,7 @@ class Connection:
     async def __aexit__(self, *exc_info: Any) -> bool | None:
         tg = self._task_group
         assert tg is not None
+        failure: Exception | None = None
         try:
             with anyio.CancelScope(shield=True):
                 if self._close_requested is None:
@@ -275,9 +276,14 @@ class Connection:
                         tg.cancel_scope.deadline = self._clock() + self.setup.close_timeout
                     else:
                         self._stop_tasks()
-        finally:
-            # One wait for the run task (no second hand-off through close()).
-            return await tg.__aexit__(*exc_info)
+        except Exception as exc:  # the task group must still be exited, and its tasks stopped
+            self._stop_tasks()
+            failure = exc
+        # One wait for the run task (no second hand-off through close()).
+        result = await tg.__aexit__(*exc_info)
+        if failure is not None:
+            raise failure
+        return result
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Keep the connection alive until :meth:`close` or give-up.
