@@ -599,7 +599,7 @@ class Connection:
                     return
             elif items:
                 self.messages_received += len(items)
-                await self._deliver(items)
+                await self._deliver(items)  # type: ignore[arg-type]  # controls==False: all str/bytes
             # Taken after handling (still one clock read per read): time spent
             # in a slow handler is not the peer's silence.
             self._last_rx = clock()

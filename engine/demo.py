@@ -9,6 +9,7 @@ Ends by itself within ``duration`` seconds, or on Ctrl-C, with exit code 0.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -59,7 +60,7 @@ async def _subscribe(conn: Connection, subs: list[Any]) -> None:
         request_id = conn.next_id()
         await conn.request(
             {"op": "subscribe", "channel": channel, "symbols": symbols, "id": request_id},
-            match=lambda m, i=request_id: _reply_id(m) == i,
+            match=_answers(request_id),
             timeout=5.0,
         )
 
@@ -70,6 +71,10 @@ def _reply_id(message: str | bytes) -> object:
     except orjson.JSONDecodeError:
         return None
     return data.get("id") if isinstance(data, dict) else None
+
+
+def _answers(request_id: int) -> Callable[[str | bytes], bool]:
+    return lambda message: _reply_id(message) == request_id
 
 
 async def _step(conn: Connection, title: str, *states: State, timeout: float = 6.0) -> None:

@@ -88,10 +88,11 @@ class ConnectionModel:
         self.listener = listener
 
     def _after_change(self, event: EventData) -> None:
-        if self.listener is not None:
+        transition = event.transition
+        if self.listener is not None and transition is not None:
             reason = event.kwargs.get("reason", "")
-            source = State(event.transition.source)
-            dest = State(event.transition.dest)
+            source = State(transition.source)
+            dest = State(transition.dest)
             self.listener(source, dest, event.event.name, reason)
 
     def fire(self, trigger: str, reason: str = "") -> bool:
@@ -103,7 +104,9 @@ class ConnectionModel:
 
 
 def _after_change(event: EventData) -> None:
-    event.model._after_change(event)
+    model = event.model
+    assert isinstance(model, ConnectionModel)
+    model._after_change(event)
 
 
 def _plain(transition: dict[str, Any]) -> dict[str, Any]:

@@ -418,7 +418,7 @@ class FrameDecoder:
                     fin = b0 & 0x80
                     self._size += ln
                     if op == 1:
-                        self._utf8.decode(payload, fin)  # type: ignore[union-attr]
+                        self._utf8.decode(payload, fin != 0)  # type: ignore[union-attr]
                     parts = self._parts
                     parts += payload
                     if fin:

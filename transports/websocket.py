@@ -254,11 +254,12 @@ class ClientProtocol:
             raise InvalidHandshake("server accepted an extension we did not offer")
         chosen = headers.get(b"sec-websocket-protocol")
         if chosen is not None:
-            name = chosen.decode("ascii", "replace").strip()
-            if name not in self.subprotocols:
-                raise InvalidHandshake(f"server chose subprotocol {name!r}, which we did not offer")
-            self.subprotocol = name
+            protocol = chosen.decode("ascii", "replace").strip()
+            if protocol not in self.subprotocols:
+                raise InvalidHandshake(f"server chose subprotocol {protocol!r}, which we did not offer")
+            self.subprotocol = protocol
         self.state = ProtocolState.OPEN
+        assert self._h11 is not None
         trailing = self._h11.trailing_data[0]
         self._h11 = None  # done with HTTP: don't keep its buffers for the connection's life
         events: list[object] = [Accepted(self.subprotocol, tuple(response.headers))]

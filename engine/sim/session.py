@@ -281,7 +281,7 @@ class Session:
         """Act on every received event; False when the session should end now."""
         for event in self._ws.events():
             if isinstance(event, (wse.TextMessage, wse.BytesMessage)):
-                self._parts.append(event.data)
+                self._parts.append(event.data if isinstance(event.data, str) else bytes(event.data))
                 self._part_size += len(event.data)
                 if self._part_size > MAX_MESSAGE_SIZE:
                     await self._emit([wse.CloseConnection(code=1009, reason="message too big")], _Stalled.SEND)
