@@ -645,9 +645,9 @@ class Connection:
                 self.last_close_received = (item.code, item.reason)  # type: ignore[attr-defined]
             elif kind is Failure:
                 log.warning("%s: protocol violation by server: %s (%s)", self.id, item.reason, item.code)  # type: ignore[attr-defined]
-        if messages:
-            self.messages_received += len(messages)
-            await self._deliver(messages)
+        # Pongs (and a close reply) go out before the handler sees this read's
+        # messages: a ping that arrived before a message is answered before
+        # anything the handler sends in reply to that message.
         outgoing = proto.data_to_send()
         if outgoing:
             if proto.close_sent is not None and self.last_close_sent is None:
@@ -662,8 +662,15 @@ class Connection:
                         pass
             else:
                 await self._reader_write(outgoing, "pong")
-                if self._session_end is not None:
-                    return
+        if messages:
+            self.messages_received += len(messages)
+            if self._session_end is None:
+                await self._deliver(messages)
+            else:
+                with anyio.CancelScope(shield=True):  # ending, but what arrived is still handed over
+                    await self._deliver(messages)
+        if self._session_end is not None:
+            return
         if proto.state is ProtocolState.CLOSED:
             self.last_close_sent = proto.close_sent or self.last_close_sent
             self._on_peer_gone()

@@ -146,3 +146,21 @@ async def test_unanswered_close_is_bounded_by_close_timeout(frame_path: str) -> 
             assert peer.got_close.is_set()
             tg.cancel_scope.cancel()
     assert conn.state is State.DISCONNECTED
+
+
+async def test_pong_goes_out_before_the_handlers_reply(frame_path: str) -> None:
+    """A ping that arrived before a message is answered before the handler's reply to it."""
+    peer = ScriptedPeer(frame(OP_PING, b"first") + frame(OP_TEXT, b"echo me"))
+
+    async def echo(conn: Connection, message: str | bytes) -> None:
+        await conn.send(message)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            setup = setup_for([], frame_path, handler=echo)
+            async with Connection(setup, dialer=peer.dialer(tg)) as conn:
+                await conn.wait_for(State.LIVE)
+                await anyio.sleep(1)
+            tg.cancel_scope.cancel()
+    kinds = [type(e).__name__ for e in peer.received if not isinstance(e, wse.CloseConnection)]
+    assert kinds == ["Pong", "TextMessage"]
