@@ -280,7 +280,13 @@ class Connection:
             self._stop_tasks()
             failure = exc
         # One wait for the run task (no second hand-off through close()).
-        result = await tg.__aexit__(*exc_info)
+        try:
+            result = await tg.__aexit__(*exc_info)
+        except BaseExceptionGroup as group:
+            # The task group wraps the body's own exception: let it through as it was.
+            if len(group.exceptions) == 1 and group.exceptions[0] is exc_info[1]:
+                return False
+            raise
         if failure is not None:
             raise failure
         return result

@@ -413,3 +413,12 @@ async def test_backoff_resets_after_going_live_without_callbacks(sim: SimExchang
                 lost_at = anyio.current_time()
                 await conn.wait_for(State.CONNECTING)
                 assert anyio.current_time() - lost_at == pytest.approx(1.0, abs=0.01)
+
+
+async def test_exception_in_the_body_comes_out_unwrapped(sim: SimExchange) -> None:
+    with anyio.fail_after(60):
+        with pytest.raises(KeyError, match="boom"):
+            async with Connection(make_setup(), dialer=sim.dialer()) as conn:
+                await conn.wait_for(State.LIVE)
+                raise KeyError("boom")
+    assert conn.state is State.DISCONNECTED
