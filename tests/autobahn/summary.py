@@ -37,7 +37,7 @@ def summarise(index: dict, record: dict) -> bool:
     failed = [c for c in ids if cases[c]["behavior"] not in ACCEPTED]
     failed_close = [c for c in ids if cases[c]["behaviorClose"] not in ACCEPTED]
     ok = True
-    print(f"== {agent} (frame_path={record['frame_path']}) ==")
+    print(f"== {agent} (driver={record.get('driver', 'protocol')}, frame_path={record['frame_path']}) ==")
     print(f"  cases run:      {len(ids)} of {record['case_count']} reported by the server"
           f" ({record['seconds']:.1f} s)")
     print(f"  behavior:       {counts_line(behavior)}")
