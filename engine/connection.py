@@ -59,6 +59,9 @@ log = logging.getLogger("wirestate.connection")
 Message = str | bytes
 StateListener = Callable[[StateChanged], None]
 
+# Streams whose send() hands the whole frame over in one step before it can
+# suspend: cancelling it never leaves half a frame on the wire.
+_ATOMIC_STREAMS = (AsyncioByteStream, MemoryByteStream)
 _TRANSPORT_ERRORS = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream)
 # HTTP answers that will not change by retrying: give up instead of hammering.
 _FATAL_STATUS = frozenset({400, 401, 403, 404, 405, 410, 426})
@@ -73,6 +76,55 @@ class _SessionEnd(Exception):
         self.reason = reason
         self.retry_after = retry_after
         self.fatal = fatal
+
+
+class _SendGate:
+    """Serializes frame writes of one session, first come first served.
+
+    Uncontended it is a flag (no checkpoint, no allocation); a waiter gets
+    the gate handed over directly on release, so a sender that loops cannot
+    starve the reader's pongs. ``close()`` fails every waiter.
+    """
+
+    __slots__ = ("busy", "waiters", "closed")
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.waiters: list[anyio.Event] = []
+        self.closed = False
+
+    async def acquire(self) -> None:
+        if self.closed:
+            raise NotConnected("the session has ended")
+        if not self.busy:
+            self.busy = True
+            return
+        turn = anyio.Event()
+        self.waiters.append(turn)
+        try:
+            await turn.wait()
+        except BaseException:
+            if turn in self.waiters:
+                self.waiters.remove(turn)
+            elif not self.closed:
+                self.release()  # it was handed to us as we were cancelled: pass it on
+            raise
+        if self.closed:
+            raise NotConnected("the session has ended")
+
+    def release(self) -> None:
+        if self.closed:
+            return
+        if self.waiters:
+            self.waiters.pop(0).set()  # stays busy: ownership moves to the next sender
+        else:
+            self.busy = False
+
+    def close(self) -> None:
+        self.closed = True
+        waiters, self.waiters = self.waiters, []
+        for turn in waiters:
+            turn.set()
 
 
 class _Waiter:
@@ -111,10 +163,10 @@ class Connection:
         "last_close_received", "last_close_sent", "last_rejection",
         "messages_received", "handler_errors", "sessions",
         "_dialer", "_clock", "_rng", "_model", "_listeners", "_changed", "_finished", "_done",
-        "_send_lock", "_peer_gone", "_started", "_close_requested", "_run_scope",
+        "_send_gate", "_peer_gone", "_started", "_close_requested", "_run_scope",
         "_session_scope", "_session_end", "_stream", "_proto", "_waiters",
         "_reader_task", "_task_group", "_last_rx", "_attempt", "_ids", "_deliver", "_setting_up",
-        "_own_clock", "_delivering", "_sending",
+        "_own_clock", "_delivering",
     )  # fmt: skip
 
     def __init__(
@@ -145,8 +197,7 @@ class Connection:
         self._changed: anyio.Event | None = None  # set (and dropped) on the next transition
         self._finished: anyio.Event | None = None
         self._done = False  # run() has ended (or close() came before it started)
-        self._send_lock: anyio.Event | None = None  # set when the current send ends
-        self._sending: ByteStream | None = None  # the stream a send is in progress on
+        self._send_gate: _SendGate | None = None  # per session, made at the first write
         self._peer_gone = False  # this session's stream ended or broke
         self._started = False
         self._close_requested: tuple[int, str] | None = None
@@ -374,7 +425,8 @@ class Connection:
                 self._stop_tasks()
         elif not self._started:
             return
-        if not self._done:
+        if not self._done and anyio.get_current_task().id != self._reader_task:
+            # (from inside the handler we are the run task: the cancellation above unwinds it)
             await self._finished_event().wait()
 
     def _stop_tasks(self) -> None:
@@ -406,8 +458,9 @@ class Connection:
         self._session_end = None
         self._peer_gone = False
         # Per session: a writer stuck on a dead stream must not block the next one.
-        self._send_lock = None
-        self._sending = None
+        if self._send_gate is not None:
+            self._send_gate.close()
+        self._send_gate = None
         try:
             stream, proto, leftovers = await self._open()
         except _SessionEnd as end:
@@ -673,7 +726,8 @@ class Connection:
             if self._session_end is None:
                 await self._deliver(messages)
             else:
-                with anyio.CancelScope(shield=True):  # ending, but what arrived is still handed over
+                # Ending, but what arrived is still handed over, within close_timeout.
+                with anyio.CancelScope(shield=True, deadline=self._clock() + self.setup.close_timeout):
                     await self._deliver(messages)
         if self._session_end is not None:
             return
@@ -786,23 +840,27 @@ class Connection:
         stream = self._stream
         if stream is None:
             raise NotConnected(f"{self.id}: not connected ({self.state.value})")
-        # Frames must not interleave. A send only suspends under backpressure,
-        # so the gate (an Event) is made only when a second sender has to wait.
-        while self._sending is stream:
-            gate = self._send_lock
-            if gate is None:
-                gate = self._send_lock = anyio.Event()
-            await gate.wait()
-        self._sending = stream
+        gate = self._send_gate
+        if gate is None:
+            gate = self._send_gate = _SendGate()
+        await gate.acquire()
         try:
-            await stream.send(data)
+            if self._stream is not stream:
+                raise NotConnected(f"{self.id}: the connection was replaced while this send waited")
+            try:
+                await stream.send(data)
+            except _TRANSPORT_ERRORS:
+                raise
+            except BaseException:
+                # Interrupted (cancelled, timed out): on a stream that writes in
+                # pieces part of the frame may be on the wire, and anything sent
+                # after it would be spliced into its payload. End the session.
+                if not isinstance(stream, _ATOMIC_STREAMS) and self._stream is stream:
+                    gate.close()
+                    self._end_session("a send was interrupted mid-frame")
+                raise
         finally:
-            if self._sending is stream:  # (a send stuck on an old session's stream must not clear the new one's)
-                self._sending = None
-            gate = self._send_lock
-            if gate is not None:
-                self._send_lock = None
-                gate.set()
+            gate.release()
 
     def _open_protocol(self) -> ClientProtocol:
         proto = self._proto

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -10,8 +11,9 @@ import anyio.abc
 import pytest
 import wsproto
 import wsproto.events as wse
+import wsproto.utilities
 
-from engine import Backoff, ConfigError, Connection, ConnectionSetup, State
+from engine import Backoff, ConfigError, Connection, ConnectionSetup, NotConnected, State
 from engine.sim import SimExchange
 from transports.base import URL, ByteStream
 from transports.memory import memory_pair
@@ -183,3 +185,93 @@ def test_more_config_errors(overrides: dict[str, Any], message: str) -> None:
 
 def test_unlimited_message_size_is_allowed() -> None:
     assert setup_for(max_message_size=None).max_message_size is None
+
+
+async def test_looping_sender_does_not_starve_the_readers_pongs() -> None:
+    """The send gate is first come, first served: pongs get through a busy sender."""
+    stats = {"pongs": 0}
+
+    async def serve(stream: ByteStream, tg: anyio.abc.TaskGroup) -> None:
+        ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+
+        async def pinger() -> None:
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, wsproto.utilities.LocalProtocolError):
+                for _ in range(100):  # bounded
+                    await anyio.sleep(1.0)
+                    await stream.send(ws.send(wse.Ping(b"hb")))
+
+        try:
+            while True:
+                ws.receive_data(await stream.receive())
+                for event in ws.events():
+                    if isinstance(event, wse.Request):
+                        await stream.send(ws.send(wse.AcceptConnection()))
+                        tg.start_soon(pinger)
+                    elif isinstance(event, wse.Pong):
+                        stats["pongs"] += 1
+                await anyio.sleep(0.05)  # healthy but rate-limited reader: 20 chunks/s
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, wsproto.utilities.LocalProtocolError):
+            return
+
+    with anyio.fail_after(200):
+        async with anyio.create_task_group() as tg:
+
+            async def dial(url: URL) -> ByteStream:
+                client, server = memory_pair(0)  # every send waits for the peer to take it
+                tg.start_soon(serve, server, tg)
+                return client
+
+            setup = setup_for(keepalive=False, close_timeout=2.0)
+            async with Connection(setup, dialer=dial) as conn:
+                await conn.wait_for(State.LIVE)
+
+                async def bulk() -> None:
+                    with contextlib.suppress(NotConnected):
+                        for _ in range(100_000):  # bounded
+                            await conn.send("x" * 100)
+
+                tg.start_soon(bulk)
+                await anyio.sleep(20)
+                assert conn.state is State.LIVE
+            tg.cancel_scope.cancel()
+    assert stats["pongs"] >= 15
+    assert "lost" not in [e.trigger for e in conn.history]
+
+
+@pytest.mark.parametrize("action", ["send", "close"])
+async def test_handler_stuck_while_the_session_ends_is_bounded(action: str) -> None:
+    """Messages of a read whose pong write ended the session are delivered within close_timeout."""
+    script_sent = anyio.Event()
+
+    async def serve(stream: ByteStream) -> None:
+        ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            ws.receive_data(await stream.receive())
+            next(ws.events())
+            await stream.send(ws.send(wse.AcceptConnection()))
+            await stream.send(ws.send(wse.Ping(b"p")) + ws.send(wse.TextMessage("hi")))
+            script_sent.set()
+            await anyio.sleep_forever()  # and never read again
+
+    async def handler(conn: Connection, message: str | bytes) -> None:
+        if action == "send":
+            await conn.send("reply")
+        else:
+            await conn.close()
+
+    with anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+
+            async def dial(url: URL) -> ByteStream:
+                client, server = memory_pair(0)
+                tg.start_soon(serve, server)
+                return client
+
+            setup = setup_for(handler=handler, pong_timeout=3.0, close_timeout=2.0)
+            async with Connection(setup, dialer=dial) as conn:
+                await script_sent.wait()
+                start = anyio.current_time()
+                await conn.wait_for(State.RECONNECTING, State.DISCONNECTED)
+                assert anyio.current_time() - start <= 3.0 + 2.0 + 0.01
+            tg.cancel_scope.cancel()
+    assert conn.state is State.DISCONNECTED
