@@ -320,8 +320,7 @@ class Connection:
         try:
             with anyio.CancelScope(shield=True):
                 if self._close_requested is None:
-                    self._close_requested = (1000, "")
-                    if self._fire("close", "user close") and await self._send_close_frame(1000, ""):
+                    if await self._begin_close(1000, ""):
                         # The run task sees the close handshake through by itself; the
                         # task group's deadline is the bound if the peer never answers.
                         tg.cancel_scope.deadline = self._clock() + self.setup.close_timeout
@@ -408,18 +407,17 @@ class Connection:
         if len(reason.encode("utf-8")) > 123:
             raise ValueError("close reason is limited to 123 UTF-8 bytes")
         if self._close_requested is None:
-            self._close_requested = (code, reason)
             if not self._started:
+                self._close_requested = (code, reason)
                 self._set_done()
                 return
             try:
-                if self._fire("close", reason or "user close"):
-                    with self._deadline(self.setup.close_timeout):
-                        if await self._send_close_frame(code, reason):
-                            # The reader sees the peer's close reply and TCP close and
-                            # ends the session; the run loop stops on the close request.
-                            # Nothing to cancel when that happens within close_timeout.
-                            await self._finished_event().wait()
+                with self._deadline(self.setup.close_timeout):
+                    if await self._begin_close(code, reason):
+                        # The reader sees the peer's close reply and TCP close and
+                        # ends the session; the run loop stops on the close request.
+                        # Nothing to cancel when that happens within close_timeout.
+                        await self._finished_event().wait()
             finally:
                 # Whatever happened above (timeout, cancellation of the caller), stop.
                 self._stop_tasks()
@@ -434,6 +432,15 @@ class Connection:
             self._session_scope.cancel()
         if self._run_scope is not None:
             self._run_scope.cancel()
+
+    async def _begin_close(self, code: int, reason: str) -> bool:
+        """Record the close request, move to ``closing`` and send our close frame.
+
+        True when the reader will see the handshake through (the caller then
+        only waits); False when there is nothing to wait for.
+        """
+        self._close_requested = (code, reason)
+        return self._fire("close", reason or "user close") and await self._send_close_frame(code, reason)
 
     async def _send_close_frame(self, code: int, reason: str) -> bool:
         """Start the close handshake; True when the reader will see it through."""
@@ -499,7 +506,7 @@ class Connection:
 
     def _reader_done(self, reason: str) -> None:
         """The reader ends the session and returns: cancel only a setup still running."""
-        self._on_peer_gone()  # nothing more will come from this session
+        self._peer_gone = True  # nothing more will come from this session
         if self._session_end is None:
             self._session_end = _SessionEnd(reason)
         if self._setting_up and self._session_scope is not None:
@@ -626,11 +633,9 @@ class Connection:
                 try:
                     data = await receive(size)
                 except anyio.EndOfStream:
-                    self._on_peer_gone()
                     self._reader_done(self._eof_reason(proto))
                     return
                 except _TRANSPORT_ERRORS as exc:
-                    self._on_peer_gone()
                     self._reader_done(f"connection broken: {_describe(exc)}")
                     return
             if data is None:  # the deadline passed with nothing received
@@ -682,9 +687,6 @@ class Connection:
         if scope.cancelled_caught:
             self._end_session(f"{what} not written within pong_timeout={grace:g} s (peer not reading)")
 
-    def _on_peer_gone(self) -> None:
-        self._peer_gone = True
-
     def _eof_reason(self, proto: ClientProtocol) -> str:
         if proto.close_received is not None:
             code, why = proto.close_received
@@ -733,7 +735,7 @@ class Connection:
             return
         if proto.state is ProtocolState.CLOSED:
             self.last_close_sent = proto.close_sent or self.last_close_sent
-            self._on_peer_gone()
+            self._peer_gone = True  # (before the drain: a setup failing now defers to our reason)
             if proto.close_received is None:
                 code, why = proto.close_sent or (1002, "protocol error")
                 self._reader_done(f"protocol error from server: {why} (closed with {code})")
