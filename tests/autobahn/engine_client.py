@@ -138,6 +138,11 @@ async def run_all(
 ) -> int:
     started = time.monotonic()
     completed = 0
+
+    def client_error(case: int, error: str) -> None:
+        errors.append({"case": case, "error": error})
+        print(f"[{args.agent}] case #{case}: client error: {error}", file=sys.stderr, flush=True)
+
     for case in range(1, case_count + 1):
         case_started = time.monotonic()
         try:
@@ -147,12 +152,7 @@ async def run_all(
             if isinstance(exc, TimeoutError) and not str(exc):
                 # the outer bound fired: leaving the block (the close) hung
                 exc = TimeoutError(f"closing took more than {EXIT_SLACK:g} s")
-            errors.append({"case": case, "error": f"{type(exc).__name__}: {exc}"})
-            print(
-                f"[{args.agent}] case #{case}: client error {type(exc).__name__}: {exc}",
-                file=sys.stderr,
-                flush=True,
-            )
+            client_error(case, f"{type(exc).__name__}: {exc}")
             continue
         outcomes[case] = {
             "end": outcome.end,
@@ -163,22 +163,10 @@ async def run_all(
             "seconds": round(outcome.seconds, 3),
         }
         if not outcome.opened:
-            error = f"the session never opened: {outcome.reason}"
-            errors.append({"case": case, "error": error})
-            print(
-                f"[{args.agent}] case #{case}: client error: {error}",
-                file=sys.stderr,
-                flush=True,
-            )
+            client_error(case, f"the session never opened: {outcome.reason}")
             continue
         if outcome.handler_errors:
-            error = f"the echo handler raised {outcome.handler_errors} time(s) (see the log above)"
-            errors.append({"case": case, "error": error})
-            print(
-                f"[{args.agent}] case #{case}: client error: {error}",
-                file=sys.stderr,
-                flush=True,
-            )
+            client_error(case, f"the echo handler raised {outcome.handler_errors} time(s) (see the log above)")
             continue
         completed += 1
         if args.verbose:
