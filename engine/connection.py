@@ -37,7 +37,7 @@ from engine.errors import (
     RequestTimeout,
 )
 from engine.events import StateChanged
-from machines.connection import ConnectionModel, State
+from machines.connection import ConnectionModel, State, state_of
 from transports.base import ByteStream, Dialer
 from transports.memory import MemoryByteStream
 from transports.tcp import AsyncioByteStream, tcp_dialer
@@ -253,7 +253,7 @@ class Connection:
     @property
     def state(self) -> State:
         """The machine's current state."""
-        return State(self._model.state)
+        return state_of(self._model.state)
 
     def on_state_change(self, listener: StateListener) -> Callable[[], None]:
         """Call ``listener(StateChanged)`` on every transition; returns an unsubscribe function."""

@@ -18,6 +18,8 @@ from typing import Any
 
 from transitions import EventData, Machine
 
+from machines.lean import LeanMachine
+
 __all__ = [
     "ConnectionModel",
     "MACHINE",
@@ -27,6 +29,7 @@ __all__ = [
     "TRIGGERS",
     "Listener",
     "build_machine",
+    "state_of",
 ]
 
 
@@ -47,6 +50,13 @@ class State(str, enum.Enum):
 
 
 STATES: tuple[State, ...] = tuple(State)
+# value -> member: a dict lookup instead of an Enum call on every transition
+_BY_VALUE: dict[str, State] = {state.value: state for state in STATES}
+
+
+def state_of(value: str) -> State:
+    """The :class:`State` whose value is ``value`` (what the machine stores on a model)."""
+    return _BY_VALUE[value]
 
 _CONNECTED = [State.CONNECTING, State.AUTHENTICATING, State.SUBSCRIBING, State.LIVE, State.STALE]
 
@@ -91,9 +101,7 @@ class ConnectionModel:
         transition = event.transition
         if self.listener is not None and transition is not None:
             reason = event.kwargs.get("reason", "")
-            source = State(transition.source)
-            dest = State(transition.dest)
-            self.listener(source, dest, event.event.name, reason)
+            self.listener(_BY_VALUE[transition.source], _BY_VALUE[transition.dest], event.event.name, reason)
 
     def fire(self, trigger: str, reason: str = "") -> bool:
         """Fire ``trigger`` if the current state allows it; return whether it moved."""
@@ -118,7 +126,7 @@ def _plain(transition: dict[str, Any]) -> dict[str, Any]:
     return plain
 
 
-def build_machine(machine_class: type[Machine] = Machine, **extra: Any) -> Machine:
+def build_machine(machine_class: type[Machine] = LeanMachine, **extra: Any) -> Machine:
     """A Machine over the connection tables (``model=None``: add models later)."""
     return machine_class(
         model=extra.pop("model", None),
