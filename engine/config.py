@@ -130,12 +130,8 @@ def _redacted(url: str) -> str:
     return repr(f"{parsed.scheme}://{parsed.host_header}/...") if parsed.resource != "/" else repr(url)
 
 
-def _url(value: Any) -> str:
-    try:
-        parse_url(value)
-    except InvalidURL as exc:
-        raise ConfigError(f"ConnectionSetup.url: {exc}") from None
-    return str(value)
+#: shared by every setup that does not pass its own (it is frozen)
+_DEFAULT_BACKOFF = Backoff()
 
 
 @attrs.frozen
@@ -164,7 +160,7 @@ class ConnectionSetup:
     ``close_timeout`` bounds the close handshake.
     """
 
-    url: str = attrs.field(converter=_url, repr=lambda url: _redacted(url))
+    url: str = attrs.field(repr=lambda url: _redacted(url))
     handler: Handler | None = attrs.field(default=None, validator=_callable_or_none)
     batch_handler: BatchHandler | None = attrs.field(default=None, validator=_callable_or_none)
     connector: Hook | None = attrs.field(default=None, validator=_async_or_none)
@@ -183,13 +179,17 @@ class ConnectionSetup:
     extra_headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_headers, repr=False)
     frame_path: str = "fast"
     read_size: int = attrs.field(default=256 * 1024, validator=_positive_int)
-    backoff: Backoff = attrs.field(factory=Backoff)
+    backoff: Backoff = attrs.field(default=_DEFAULT_BACKOFF)
     ssl_context: ssl.SSLContext | None = attrs.field(default=None, repr=False)
     name: str | None = None
     _url_parsed: URL = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_url_parsed", parse_url(self.url))  # frozen: set once here
+        try:
+            parsed = parse_url(self.url)
+        except InvalidURL as exc:
+            raise ConfigError(f"ConnectionSetup.url: {exc}") from None
+        object.__setattr__(self, "_url_parsed", parsed)  # frozen: set once here
         if (self.handler is None) == (self.batch_handler is None):
             raise ConfigError("ConnectionSetup needs exactly one of handler= or batch_handler= (messages must go somewhere)")
         if self.frame_path not in FRAME_PATHS:
