@@ -38,7 +38,7 @@ from engine.errors import (
 )
 from engine.events import StateChanged
 from machines.connection import ConnectionModel, State, state_of
-from transports.base import ByteStream, Dialer
+from transports.base import ByteStream, Dialer, deadline_receiver
 from transports.memory import MemoryByteStream
 from transports.tcp import AsyncioByteStream, tcp_dialer
 from transports.frames import is_valid_close_code
@@ -609,7 +609,7 @@ class Connection:
             await self._dispatch(proto, leftovers)
             if self._session_end is not None:
                 return
-        receive = stream.receive
+        receive_before = deadline_receiver(stream)
         feed = proto.receive_data
         clock = self._clock
         size = self.setup.read_size
@@ -628,16 +628,14 @@ class Connection:
                 due = last + keepalive
             else:
                 due = last + timeout
-            data = None
-            with anyio.CancelScope(deadline=due):
-                try:
-                    data = await receive(size)
-                except anyio.EndOfStream:
-                    self._reader_done(self._eof_reason(proto))
-                    return
-                except _TRANSPORT_ERRORS as exc:
-                    self._reader_done(f"connection broken: {_describe(exc)}")
-                    return
+            try:
+                data = await receive_before(due, size)
+            except anyio.EndOfStream:
+                self._reader_done(self._eof_reason(proto))
+                return
+            except _TRANSPORT_ERRORS as exc:
+                self._reader_done(f"connection broken: {_describe(exc)}")
+                return
             if data is None:  # the deadline passed with nothing received
                 now = clock()
                 if stale_until is not None:
@@ -741,8 +739,7 @@ class Connection:
                 self._reader_done(f"protocol error from server: {why} (closed with {code})")
             else:
                 # Wait briefly for the server to drop TCP (RFC 6455 7.1.1), then go.
-                with self._deadline(self.setup.close_timeout):
-                    await _drain_to_eof(self._stream)
+                await _drain_to_eof(self._stream, self._clock() + self.setup.close_timeout)
                 self._reader_done(self._eof_reason(proto))
 
     def _make_delivery(self, awaited: bool | None = None) -> Callable[[list[Message]], Awaitable[None]]:
@@ -973,11 +970,13 @@ async def _close_quietly(stream: ByteStream | None) -> None:
             pass
 
 
-async def _drain_to_eof(stream: ByteStream | None) -> None:
+async def _drain_to_eof(stream: ByteStream | None, deadline: float) -> None:
+    """Read and drop until end of stream, an error, or ``deadline``."""
     if stream is None:
         return
+    receive_before = deadline_receiver(stream)
     try:
-        while await stream.receive():
+        while await receive_before(deadline, 65536) is not None:
             pass
     except _TRANSPORT_ERRORS:
         return

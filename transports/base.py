@@ -13,9 +13,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import anyio
 from anyio.abc import ByteStream
 
-__all__ = ["ByteStream", "Dialer", "URL", "InvalidURL", "parse_url", "running_asyncio_loop"]
+__all__ = [
+    "ByteStream",
+    "DeadlineReceive",
+    "Dialer",
+    "URL",
+    "InvalidURL",
+    "deadline_receiver",
+    "parse_url",
+    "running_asyncio_loop",
+]
 
 
 class InvalidURL(ValueError):
@@ -76,6 +86,32 @@ def parse_url(url: str) -> URL:
 
 #: ``async (url) -> ByteStream``: opens a connected byte stream to ``url``.
 Dialer = Callable[[URL], Awaitable[ByteStream]]
+
+
+#: ``async (deadline, max_bytes) -> bytes | None``: a receive that gives up at
+#: ``deadline`` (event-loop time, what ``anyio.current_time()`` reads) with None.
+DeadlineReceive = Callable[[float, int], Awaitable[bytes | None]]
+
+
+def deadline_receiver(stream: ByteStream) -> DeadlineReceive:
+    """``stream``'s receive-with-deadline.
+
+    A stream may offer a native ``receive_before(deadline, max_bytes)`` (the
+    asyncio TCP stream arms one timer only while it waits); any other stream
+    gets a cancel scope around ``receive()``. Errors (end of stream, broken,
+    closed) propagate as from ``receive()``.
+    """
+    native = getattr(stream, "receive_before", None)
+    if native is not None:
+        return native  # type: ignore[no-any-return]
+    receive = stream.receive
+
+    async def receive_before(deadline: float, max_bytes: int) -> bytes | None:
+        with anyio.CancelScope(deadline=deadline):
+            return await receive(max_bytes)
+        return None  # the deadline passed
+
+    return receive_before
 
 
 def running_asyncio_loop() -> asyncio.AbstractEventLoop | None:

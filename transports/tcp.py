@@ -40,7 +40,7 @@ class _StreamProtocol(asyncio.Protocol):
         self.eof = False
         self.lost: BaseException | None = None
         self.closed = False
-        self.reader: asyncio.Future[None] | None = None
+        self.reader: asyncio.Future[bool] | None = None  # True: woken by the network
         self.drain: asyncio.Future[None] | None = None
         self.write_paused = False
 
@@ -79,12 +79,17 @@ class _StreamProtocol(asyncio.Protocol):
     def _wake_reader(self) -> None:
         waiter = self.reader
         if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            waiter.set_result(True)
 
     def _wake_writer(self) -> None:
         waiter = self.drain
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
 
 
 class AsyncioByteStream(ByteStream):
@@ -98,22 +103,53 @@ class AsyncioByteStream(ByteStream):
         self._closing = False
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
+        while not self._readable():
+            await self._wait_readable(None)
+        return self._take(max_bytes)
+
+    async def receive_before(self, deadline: float, max_bytes: int = 65536) -> bytes | None:
+        """Like :meth:`receive`, but ``None`` when nothing arrived by ``deadline`` (event-loop time).
+
+        One timer handle, and only while it actually waits: the reader's
+        liveness deadline without a cancel scope per read. Buffered data is
+        returned even when the deadline has passed (as a cancel scope would:
+        no checkpoint, no cancellation).
+        """
+        while not self._readable():
+            if not await self._wait_readable(deadline):
+                return None
+        return self._take(max_bytes)
+
+    def _readable(self) -> bool:
+        """True when data is buffered; raises if none can come any more."""
+        if self._closing:
+            raise anyio.ClosedResourceError
+        protocol = self._protocol
+        if protocol.chunks:
+            return True
+        if protocol.lost is not None:
+            raise anyio.BrokenResourceError(str(protocol.lost)) from protocol.lost
+        if protocol.eof:
+            raise anyio.EndOfStream
+        return False
+
+    async def _wait_readable(self, deadline: float | None) -> bool:
+        """Wait for the protocol to wake us; False when ``deadline`` came first."""
+        loop = asyncio.get_running_loop()
+        protocol = self._protocol
+        waiter = protocol.reader = loop.create_future()
+        timer = None if deadline is None else loop.call_at(deadline, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            protocol.reader = None
+            if timer is not None:
+                timer.cancel()
+        return waiter.result()  # type: ignore[no-any-return]
+
+    def _take(self, max_bytes: int) -> bytes:
         protocol = self._protocol
         chunks = protocol.chunks
-        while True:
-            if self._closing:
-                raise anyio.ClosedResourceError
-            if chunks:
-                break
-            if protocol.lost is not None:
-                raise anyio.BrokenResourceError(str(protocol.lost)) from protocol.lost
-            if protocol.eof:
-                raise anyio.EndOfStream
-            waiter = protocol.reader = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                protocol.reader = None
         data = chunks.popleft()
         if len(data) > max_bytes:
             chunks.appendleft(data[max_bytes:])
