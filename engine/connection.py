@@ -37,6 +37,7 @@ from engine.errors import (
     RequestTimeout,
 )
 from engine.events import StateChanged
+from engine.tasks import TaskOwner, own_task, task_identity
 from machines.connection import ConnectionModel, State, state_of
 from transports.base import ByteStream, Dialer, deadline_receiver
 from transports.memory import MemoryByteStream
@@ -165,7 +166,7 @@ class Connection:
         "_dialer", "_clock", "_rng", "_model", "_listeners", "_changed", "_finished", "_done",
         "_send_gate", "_peer_gone", "_started", "_close_requested", "_run_scope",
         "_session_scope", "_session_end", "_stream", "_proto", "_waiters",
-        "_reader_task", "_task_group", "_last_rx", "_attempt", "_ids", "_deliver", "_setting_up",
+        "_reader_task", "_owner", "_task_id", "_last_rx", "_attempt", "_ids", "_deliver", "_setting_up",
         "_own_clock", "_delivering",
     )  # fmt: skip
 
@@ -210,7 +211,8 @@ class Connection:
         self._reader_task: int | None = None
         self._delivering = False  # the reader is inside the handler
         self._setting_up = False
-        self._task_group: anyio.abc.TaskGroup | None = None
+        self._owner: TaskOwner | None = None  # the run task's owner under ``async with``
+        self._task_id: Callable[[], int] = _anyio_task_id  # bound to the backend in _begin()
         self._last_rx = 0.0
         self._attempt = 0
         #: (code, reason) of the last close frame received / sent, across sessions
@@ -308,22 +310,21 @@ class Connection:
 
     async def __aenter__(self) -> Connection:
         self._begin()
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
-        self._task_group.start_soon(self._run_begun)
+        self._owner = own_task()
+        await self._owner.start(self._run_begun)
         return self
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
-        tg = self._task_group
-        assert tg is not None
+        owner = self._owner
+        assert owner is not None
         failure: Exception | None = None
         try:
             with anyio.CancelScope(shield=True):
                 if self._close_requested is None:
                     if await self._begin_close(1000, ""):
-                        # The run task sees the close handshake through by itself; the
-                        # task group's deadline is the bound if the peer never answers.
-                        tg.cancel_scope.deadline = self._clock() + self.setup.close_timeout
+                        # The run task sees the close handshake through by itself; its
+                        # scope's deadline is the bound if the peer never answers.
+                        self._bound_run(self._clock() + self.setup.close_timeout)
                     else:
                         self._stop_tasks()
         except Exception as exc:  # the task group must still be exited, and its tasks stopped
@@ -331,7 +332,7 @@ class Connection:
             failure = exc
         # One wait for the run task (no second hand-off through close()).
         try:
-            result = await tg.__aexit__(*exc_info)
+            result = await owner.join(exc_info, self._stop_tasks)
         except BaseExceptionGroup as group:
             # The task group wraps the body's own exception: let it through as it was.
             if len(group.exceptions) == 1 and group.exceptions[0] is exc_info[1]:
@@ -359,10 +360,11 @@ class Connection:
         self._started = True
         if self._own_clock:
             self._clock = loop_clock()
+        self._task_id = task_identity()
         self._fire("connect")
 
     async def _run_begun(self) -> None:
-        self._reader_task = anyio.get_current_task().id  # the reader always runs in this task
+        self._reader_task = self._task_id()  # the reader always runs in this task
         try:
             with anyio.CancelScope() as scope:
                 self._run_scope = scope
@@ -423,9 +425,14 @@ class Connection:
                 self._stop_tasks()
         elif not self._started:
             return
-        if not self._done and anyio.get_current_task().id != self._reader_task:
+        if not self._done and self._task_id() != self._reader_task:
             # (from inside the handler we are the run task: the cancellation above unwinds it)
             await self._finished_event().wait()
+
+    def _bound_run(self, deadline: float) -> None:
+        """Stop the run task at ``deadline`` at the latest."""
+        if self._run_scope is not None:
+            self._run_scope.deadline = deadline
 
     def _stop_tasks(self) -> None:
         if self._session_scope is not None:
@@ -456,7 +463,7 @@ class Connection:
             return False
         self.last_close_sent = proto.close_sent
         # From inside an async handler we are the reader: it can't read the reply.
-        return not (self._delivering and anyio.get_current_task().id == self._reader_task)
+        return not (self._delivering and self._task_id() == self._reader_task)
 
     # -- one session -----------------------------------------------------
 
@@ -950,6 +957,10 @@ class Connection:
         for waiter in waiters:
             waiter.error = error
             waiter.event.set()
+
+
+def _anyio_task_id() -> int:
+    return anyio.get_current_task().id
 
 
 def _describe(exc: BaseException) -> str:

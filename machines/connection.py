@@ -101,7 +101,8 @@ class ConnectionModel:
         transition = event.transition
         if self.listener is not None and transition is not None:
             reason = event.kwargs.get("reason", "")
-            self.listener(_BY_VALUE[transition.source], _BY_VALUE[transition.dest], event.event.name, reason)
+            dest = transition.dest or transition.source  # (an internal transition stays put)
+            self.listener(_BY_VALUE[transition.source], _BY_VALUE[dest], event.event.name, reason)
 
     def fire(self, trigger: str, reason: str = "") -> bool:
         """Fire ``trigger`` if the current state allows it; return whether it moved."""

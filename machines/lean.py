@@ -51,7 +51,7 @@ class _LeanTransition(Transition):  # type: ignore[misc]  # transitions is untyp
         source = states[self.source]
         if source.on_exit:
             source.exit(event_data)
-        dest = states[self.dest]
+        dest = states[self.dest]  # type: ignore[index]  # (only called when dest is set)
         setattr(event_data.model, machine.model_attribute, dest.value)
         event_data.state = dest
         if dest.on_enter:
