@@ -1,16 +1,19 @@
 """Connection: one logical WebSocket slot that stays alive.
 
-A Connection owns its tasks (a task group opened by :meth:`Connection.run`),
+A Connection owns one run task (under ``async with`` through
+:mod:`engine.tasks`; or :meth:`Connection.run` in the caller's task group),
 drives the connection machine (:mod:`machines.connection`), the sans-IO
 protocol (:mod:`transports.websocket`) and a byte transport (a dialer).
 
-Per session (one socket): dial + handshake -> ``opened`` -> connector
-(``authenticating``) -> subscriber (``subscribing``) -> ``live``. Two tasks run
-beside the setup: the *reader* (hot path: one socket read, one clock read,
-every complete message of that read handed to the handler) and the
-*watchdog* (exact traffic deadline from the injected clock: silence ->
-``stale`` + ping; any frame within the grace -> ``live``; else ``lost``).
-A lost session ends its task group; the run loop backs off and retries.
+Per session (one socket, one cancel scope): dial + handshake under
+``open_timeout`` -> ``opened`` -> connector (``authenticating``) -> subscriber
+(``subscribing``) -> ``live``. The run task then becomes the *reader* (hot
+path: one socket read, every complete message of that read handed to the
+handler) and keeps liveness itself: each read waits under a deadline (last
+traffic + keepalive / traffic_timeout / pong grace), so silence -> ``stale``
++ ping, any frame within the grace -> ``live``, else ``lost``. Connector and
+subscriber run as a short-lived child beside it. A lost session ends its
+scope; the run loop backs off and retries.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -164,7 +168,7 @@ class Connection:
         "last_close_received", "last_close_sent", "last_rejection",
         "messages_received", "handler_errors", "sessions",
         "_dialer", "_clock", "_rng", "_model", "_listeners", "_changed", "_finished", "_done",
-        "_send_gate", "_peer_gone", "_started", "_close_requested", "_run_scope",
+        "_send_gate", "_peer_gone", "_started", "_close_requested", "_pause_scope",
         "_session_scope", "_session_end", "_stream", "_proto", "_waiters",
         "_reader_task", "_owner", "_task_id", "_last_rx", "_attempt", "_ids", "_deliver", "_setting_up",
         "_own_clock", "_delivering",
@@ -202,7 +206,7 @@ class Connection:
         self._peer_gone = False  # this session's stream ended or broke
         self._started = False
         self._close_requested: tuple[int, str] | None = None
-        self._run_scope: anyio.CancelScope | None = None
+        self._pause_scope: anyio.CancelScope | None = None  # the backoff wait between sessions
         self._session_scope: anyio.CancelScope | None = None
         self._session_end: _SessionEnd | None = None
         self._stream: ByteStream | None = None
@@ -319,14 +323,17 @@ class Connection:
         assert owner is not None
         failure: Exception | None = None
         try:
-            with anyio.CancelScope(shield=True):
+            # Shielded: leaving the block by cancellation still says goodbye, within close_timeout.
+            with anyio.CancelScope(shield=True, deadline=self._clock() + self.setup.close_timeout) as scope:
                 if self._close_requested is None:
                     if await self._begin_close(1000, ""):
                         # The run task sees the close handshake through by itself; its
-                        # scope's deadline is the bound if the peer never answers.
-                        self._bound_run(self._clock() + self.setup.close_timeout)
+                        # session's deadline is the bound if the peer never answers.
+                        self._bound_session(self._clock() + self.setup.close_timeout)
                     else:
                         self._stop_tasks()
+            if scope.cancelled_caught:  # our close frame could not be written in time
+                self._stop_tasks()
         except Exception as exc:  # the task group must still be exited, and its tasks stopped
             self._stop_tasks()
             failure = exc
@@ -366,10 +373,8 @@ class Connection:
     async def _run_begun(self) -> None:
         self._reader_task = self._task_id()  # the reader always runs in this task
         try:
-            with anyio.CancelScope() as scope:
-                self._run_scope = scope
-                if self._close_requested is None:
-                    await self._keep_alive()
+            if self._close_requested is None:
+                await self._keep_alive()
         finally:
             self._fail_waiters(ConnectionClosed(f"{self.id}: closed"))
             if self.state is not State.DISCONNECTED:
@@ -392,7 +397,12 @@ class Connection:
                 self._rng = random.Random()
             delay = self.setup.backoff.delay(self._attempt, self._rng, end.retry_after)
             self._attempt += 1
-            await anyio.sleep(delay)
+            # The pause is what _stop_tasks() cancels between sessions.
+            with anyio.CancelScope(deadline=self._clock() + delay) as pause:
+                self._pause_scope = pause
+                if self._close_requested is None:
+                    await anyio.sleep_forever()
+            self._pause_scope = None
             if self._close_requested is not None:
                 return
             self._fire("retry", f"attempt {self._attempt} after {delay:.3f} s")
@@ -429,22 +439,25 @@ class Connection:
             # (from inside the handler we are the run task: the cancellation above unwinds it)
             await self._finished_event().wait()
 
-    def _bound_run(self, deadline: float) -> None:
-        """Stop the run task at ``deadline`` at the latest."""
-        if self._run_scope is not None:
-            self._run_scope.deadline = deadline
+    def _bound_session(self, deadline: float) -> None:
+        """End the current session (the close handshake) at ``deadline`` at the latest."""
+        if self._session_scope is not None:
+            self._session_scope.deadline = deadline
 
     def _stop_tasks(self) -> None:
+        """Stop the run task now. Callers set ``_close_requested`` first: it keeps
+        the run loop from starting anything new once the current scope unwinds."""
         if self._session_scope is not None:
             self._session_scope.cancel()
-        if self._run_scope is not None:
-            self._run_scope.cancel()
+        if self._pause_scope is not None:
+            self._pause_scope.cancel()
 
     async def _begin_close(self, code: int, reason: str) -> bool:
         """Record the close request, move to ``closing`` and send our close frame.
 
         True when the reader will see the handshake through (the caller then
-        only waits); False when there is nothing to wait for.
+        only waits); False when there is nothing to wait for. Callers bound
+        it (and their wait) with ``close_timeout``.
         """
         self._close_requested = (code, reason)
         return self._fire("close", reason or "user close") and await self._send_close_frame(code, reason)
@@ -455,11 +468,8 @@ class Connection:
         if proto is None or stream is None or proto.state is not ProtocolState.OPEN:
             return False
         try:
-            with self._deadline(self.setup.close_timeout) as scope:
-                await self._write(proto.send_close(code, reason))
+            await self._write(proto.send_close(code, reason))
         except _TRANSPORT_ERRORS:
-            return False
-        if scope.cancelled_caught:
             return False
         self.last_close_sent = proto.close_sent
         # From inside an async handler we are the reader: it can't read the reply.
@@ -468,6 +478,8 @@ class Connection:
     # -- one session -----------------------------------------------------
 
     async def _session(self) -> _SessionEnd:
+        if self._close_requested is not None:
+            return _SessionEnd("closed")
         self.sessions += 1
         self._session_end = None
         self._peer_gone = False
@@ -475,33 +487,39 @@ class Connection:
         if self._send_gate is not None:
             self._send_gate.close()
         self._send_gate = None
-        try:
-            stream, proto, leftovers = await self._open()
-        except _SessionEnd as end:
-            return end
-        self._stream, self._proto = stream, proto
         setup = self.setup
-        try:
-            self._last_rx = self._clock()
-            self._fire("opened", f"subprotocol {proto.subprotocol}" if proto.subprotocol else "")
-            # Setup runs as a short-lived child beside the reader (it waits for
-            # replies the reader delivers); with nothing to run, no task group at
-            # all. This task becomes the reader: an idle connection holds one task.
-            if setup.connector is None and setup.subscriber is None:
-                with anyio.CancelScope() as scope:
-                    self._session_scope = scope
+        stream: ByteStream | None = None
+        # One scope per session, from dial to teardown: what _end_session() and
+        # _stop_tasks() cancel. Until the handshake is done it carries open_timeout.
+        with anyio.CancelScope(deadline=self._clock() + setup.open_timeout) as scope:
+            self._session_scope = scope
+            try:
+                try:
+                    stream, proto, leftovers = await self._open()
+                except _SessionEnd as end:
+                    return end
+                scope.deadline = math.inf
+                self._stream, self._proto = stream, proto
+                self._last_rx = self._clock()
+                self._fire("opened", f"subprotocol {proto.subprotocol}" if proto.subprotocol else "")
+                # Setup runs as a short-lived child beside the reader (it waits for
+                # replies the reader delivers); with nothing to run, no task group at
+                # all. This task becomes the reader: an idle connection holds one task.
+                if setup.connector is None and setup.subscriber is None:
                     await self._set_up()
                     await self._reader(stream, proto, leftovers)
-            else:
-                async with anyio.create_task_group() as tg:
-                    self._session_scope = tg.cancel_scope
-                    tg.start_soon(self._set_up)
-                    await self._reader(stream, proto, leftovers)
-        finally:
-            self._session_scope = None
-            self._stream = self._proto = None
-            self._fail_waiters(ConnectionLost(f"{self.id}: connection lost while a request was pending"))
-            await _close_quietly(stream)
+                else:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._set_up)
+                        await self._reader(stream, proto, leftovers)
+            finally:
+                self._session_scope = None
+                self._stream = self._proto = None
+                self._fail_waiters(ConnectionLost(f"{self.id}: connection lost while a request was pending"))
+                await _close_quietly(stream)
+        if stream is None and self._close_requested is None:
+            # (the scope was cancelled while opening: by its deadline, nothing else)
+            return _SessionEnd(f"no handshake within open_timeout={setup.open_timeout:g} s")
         return self._session_end or _SessionEnd("closed")
 
     def _end_session(self, reason: str, *, retry_after: float | None = None, fatal: bool = False) -> None:
@@ -531,29 +549,27 @@ class Connection:
         )
         stream: ByteStream | None = None
         try:
-            with self._deadline(setup.open_timeout) as scope:
-                stream = await self._dialer(self.url)
-                await stream.send(proto.connect())
-                while True:
-                    try:
-                        data = await stream.receive(setup.read_size)
-                        events = proto.receive_data(data)
-                    except anyio.EndOfStream:
-                        events = proto.receive_eof()
-                    if events:
-                        first = events[0]
-                        if isinstance(first, Accepted):
-                            self.subprotocol = first.subprotocol
-                            return stream, proto, events[1:]
-                        if isinstance(first, Rejected):
-                            self.last_rejection = first
-                            raise _SessionEnd(
-                                str(HandshakeRejected(first.status, first.retry_after)),
-                                retry_after=first.retry_after,
-                                fatal=first.status in _FATAL_STATUS,
-                            )
-            reason = f"no handshake within open_timeout={setup.open_timeout:g} s"
-            assert scope.cancelled_caught
+            # (bounded by the session scope's open_timeout deadline)
+            stream = await self._dialer(self.url)
+            await stream.send(proto.connect())
+            while True:
+                try:
+                    data = await stream.receive(setup.read_size)
+                    events = proto.receive_data(data)
+                except anyio.EndOfStream:
+                    events = proto.receive_eof()
+                if events:
+                    first = events[0]
+                    if isinstance(first, Accepted):
+                        self.subprotocol = first.subprotocol
+                        return stream, proto, events[1:]
+                    if isinstance(first, Rejected):
+                        self.last_rejection = first
+                        raise _SessionEnd(
+                            str(HandshakeRejected(first.status, first.retry_after)),
+                            retry_after=first.retry_after,
+                            fatal=first.status in _FATAL_STATUS,
+                        )
         except InvalidHandshake as exc:
             reason = f"invalid handshake: {exc}"
         except _TRANSPORT_ERRORS as exc:

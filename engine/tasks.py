@@ -73,13 +73,24 @@ class _AsyncioOwner(TaskOwner):
         # The body runs in this scope so that a crashed child can cancel it.
         self._body = anyio.CancelScope()
         self._body.__enter__()
-        self._task = self._loop.create_task(child())
+        self._task = self._loop.create_task(self._run(child))
         self._task.add_done_callback(self._child_done)
 
-    def _child_done(self, task: asyncio.Task[None]) -> None:
+    async def _run(self, child: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        try:
+            await child()
+        finally:
+            # Wake a join from the child's last step: a done callback alone
+            # would cost one more loop iteration before the join resumes.
+            self._wake()
+
+    def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _child_done(self, task: asyncio.Task[None]) -> None:
+        self._wake()  # (also when the task was cancelled before it ever ran)
         if not task.cancelled() and task.exception() is not None and self._body is not None:
             self._body.cancel()
 

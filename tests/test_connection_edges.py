@@ -275,3 +275,77 @@ async def test_handler_stuck_while_the_session_ends_is_bounded(action: str) -> N
                 assert anyio.current_time() - start <= 3.0 + 2.0 + 0.01
             tg.cancel_scope.cancel()
     assert conn.state is State.DISCONNECTED
+
+
+def _mute_peer(stage: str, dials: list[float]) -> Callable[[URL], Awaitable[ByteStream]]:
+    """A dialer whose peer never completes the handshake: the dial itself hangs
+    (``stage="dial"``) or the peer takes the request and never answers (``"answer"``)."""
+    keep: list[ByteStream] = []
+
+    async def dial(url: URL) -> ByteStream:
+        dials.append(anyio.current_time())
+        if stage == "dial":
+            await anyio.sleep_forever()
+        client, server = memory_pair()
+        keep.append(server)  # held open, never read
+        return client
+
+    return dial
+
+
+@pytest.mark.parametrize("stage", ["dial", "answer"])
+async def test_open_timeout_ends_the_attempt_and_retries(stage: str) -> None:
+    dials: list[float] = []
+    setup = setup_for(open_timeout=4.0, backoff=Backoff(initial=1.0, maximum=1.0, jitter=False))
+    start = anyio.current_time()
+    with anyio.fail_after(60):
+        async with Connection(setup, dialer=_mute_peer(stage, dials)) as conn:
+            while len(dials) < 3:
+                await conn.wait_for(State.CONNECTING)
+                await conn.wait_for(State.RECONNECTING)
+    lost = [e for e in conn.history if e.trigger == "lost"]
+    assert lost[0].reason == "no handshake within open_timeout=4 s"
+    assert lost[0].at - start == pytest.approx(4.0)
+    # each attempt: 4 s open timeout + 1 s backoff
+    assert [d - start for d in dials[:3]] == pytest.approx([0.0, 5.0, 10.0])
+    assert conn.state is State.DISCONNECTED
+
+
+@pytest.mark.parametrize("stage", ["dial", "answer"])
+async def test_close_while_opening_returns_at_once(stage: str) -> None:
+    dials: list[float] = []
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            conn = Connection(setup_for(open_timeout=1000.0), dialer=_mute_peer(stage, dials))
+            await tg.start(conn.run)
+            await anyio.sleep(2)
+            assert conn.state is State.CONNECTING
+            closed_at = anyio.current_time()
+            await conn.close()
+            assert anyio.current_time() == pytest.approx(closed_at)
+    assert conn.state is State.DISCONNECTED
+    assert len(dials) == 1 and conn.sessions == 1
+    assert [e.trigger for e in conn.history][-2:] == ["close", "closed"]
+
+
+@pytest.mark.parametrize("how", ["async-with", "close"])
+async def test_close_frame_that_cannot_be_written_is_bounded(how: str) -> None:
+    """A peer that stops reading blocks our close frame: leaving still takes close_timeout at most."""
+    pings: list[bytes] = []
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            setup = setup_for(close_timeout=2.0)
+            conn = Connection(setup, dialer=silent_peer(tg, pings, reads=False))
+            if how == "async-with":
+                async with conn:
+                    await conn.wait_for(State.LIVE)
+                    start = anyio.current_time()
+            else:
+                tg.start_soon(conn.run)
+                await conn.wait_for(State.LIVE)
+                start = anyio.current_time()
+                await conn.close()
+            assert anyio.current_time() - start == pytest.approx(2.0, abs=0.01)
+            tg.cancel_scope.cancel()
+    assert conn.state is State.DISCONNECTED
+    assert conn.last_close_sent is None  # it never went out
