@@ -139,6 +139,24 @@ class WebsocketsClient(Client):
             yield ws
 
 
+class WebsocketsNoProxyClient(WebsocketsClient):
+    """python-websockets with ``proxy=None``: no proxy lookup on connect.
+
+    By default every connect reads proxy settings from the environment
+    (``urllib.request.getproxies``, twice; its cost grows with the number of
+    environment variables), so the default's handshake time depends on the
+    shell it runs in. This row is websockets without that cost.
+    """
+
+    @contextlib.asynccontextmanager
+    async def idle(self, port: int) -> AsyncIterator[Any]:
+        from websockets.asyncio.client import connect
+
+        async with connect(f"ws://127.0.0.1:{port}/", proxy=None) as ws:
+            await ws.recv()  # hello
+            yield ws
+
+
 class AiohttpClient(Client):
     """aiohttp ``ClientSession.ws_connect`` with a ``receive()`` loop; one session per process."""
 
@@ -472,6 +490,7 @@ def _check(count: int, n: int) -> None:
 CLIENTS: dict[str, Callable[[], Client]] = {
     "raw-socket": RawSocketClient,
     "websockets": WebsocketsClient,
+    "websockets-noproxy": WebsocketsNoProxyClient,
     "aiohttp": AiohttpClient,
     "picows": PicowsClient,
     "wsproto-anyio": WsprotoAnyioClient,

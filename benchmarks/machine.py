@@ -88,4 +88,6 @@ def describe(root: Path) -> dict[str, Any]:
         "wirestate": _git_revision(root),
         "wirestate_sources_start": source_digest(root),
         "load_average_start": load_average(),
+        # (python-websockets' per-connect proxy lookup scans the environment)
+        "environment_variables": len(os.environ),
     }

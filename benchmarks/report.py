@@ -122,6 +122,10 @@ def render(result: dict[str, Any]) -> str:
             "## Handshake latency (connect + upgrade + first frame + close handshake, sequential)",
             "",
             _table(["client", "median ms", "per-round medians", "× websockets time", "note"], rows),
+            "",
+            "python-websockets reads proxy settings from the environment on every connect "
+            f"(this run: {result.get('machine', {}).get('environment_variables', '?')} environment variables); "
+            "the proxy=None row is websockets without that lookup.",
         ]
 
     if "memory" in result:
