@@ -254,3 +254,44 @@ def mask_off(frame: bytes) -> bytes:
     key = frame[offset : offset + 4]
     payload = frame[offset + 4 : offset + 4 + length]
     return bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+@pytest.mark.parametrize(
+    "host, resource, extra",
+    [
+        ("h", "/", [("X-Api-Key", "sécret-ünicode")]),  # not ASCII
+        ("h", "/", [("X-Api-Key", "secret\r\nX-Evil: 1")]),  # header injection: h11 refuses
+        ("h", "/ws?key=sécret", []),  # the target
+        ("hôst", "/", []),
+    ],
+)
+def test_unsendable_request_is_a_value_error_that_does_not_quote_it(
+    host: str, resource: str, extra: list[tuple[str, str]]
+) -> None:
+    proto = ClientProtocol(host, resource, extra_headers=extra)
+    with pytest.raises(ValueError) as info:
+        proto.connect()
+    assert "invalid handshake request" in str(info.value)
+    assert "cret" not in str(info.value) and "hôst" not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_request_bytes_are_what_h11_would_send_for_str_headers() -> None:
+    proto = ClientProtocol("example.com:8443", "/ws?a=1", subprotocols=["v1", "v2"], extra_headers=[("X-A", "b c")])
+    key = proto._key.decode()
+    reference = h11.Connection(h11.CLIENT).send(
+        h11.Request(
+            method="GET",
+            target="/ws?a=1",
+            headers=[
+                ("Host", "example.com:8443"),
+                ("Upgrade", "websocket"),
+                ("Connection", "Upgrade"),
+                ("Sec-WebSocket-Key", key),
+                ("Sec-WebSocket-Version", "13"),
+                ("Sec-WebSocket-Protocol", "v1, v2"),
+                ("X-A", "b c"),
+            ],
+        )
+    )
+    assert proto.connect() == reference
