@@ -498,6 +498,11 @@ class Connection:
                     stream, proto, leftovers = await self._open()
                 except _SessionEnd as end:
                     return end
+                if scope.cancel_called:
+                    # The deadline (or a stop) fired in the very loop iteration the
+                    # answer arrived: its cancellation is still on its way, so this
+                    # attempt ends here, before anything is opened.
+                    return self._open_cut_short()
                 scope.deadline = math.inf
                 self._stream, self._proto = stream, proto
                 self._last_rx = self._clock()
@@ -517,10 +522,15 @@ class Connection:
                 self._stream = self._proto = None
                 self._fail_waiters(ConnectionLost(f"{self.id}: connection lost while a request was pending"))
                 await _close_quietly(stream)
-        if stream is None and self._close_requested is None:
-            # (the scope was cancelled while opening: by its deadline, nothing else)
-            return _SessionEnd(f"no handshake within open_timeout={setup.open_timeout:g} s")
+        if stream is None:
+            return self._open_cut_short()  # (the scope was cancelled while opening)
         return self._session_end or _SessionEnd("closed")
+
+    def _open_cut_short(self) -> _SessionEnd:
+        """Why an attempt whose session scope was cancelled while opening ended."""
+        if self._close_requested is not None:
+            return _SessionEnd("closed")
+        return _SessionEnd(f"no handshake within open_timeout={self.setup.open_timeout:g} s")
 
     def _end_session(self, reason: str, *, retry_after: float | None = None, fatal: bool = False) -> None:
         """Record why this session ends (first reason wins) and stop its tasks."""
@@ -842,10 +852,13 @@ class Connection:
             if inspect.isawaitable(result):
                 log.warning("%s: the handler returned an awaitable, so it is awaited from now on: declare it async def", self.id)
                 self._deliver = self._make_delivery(awaited=True)
+                self._delivering = True  # (as in the async deliveries: it may await close())
                 try:
                     await result
                 except Exception:
                     self._handler_failed(1 if per_message else len(messages))
+                finally:
+                    self._delivering = False
             if per_message and len(messages) > 1:
                 await self._deliver(messages[1:])
 

@@ -40,7 +40,10 @@ class TaskOwner:
     async def join(self, exc_info: ExcInfo, stop: Callable[[], None]) -> bool | None:
         """Wait for the child: call from ``__aexit__``. ``stop()`` ends the child promptly.
 
-        Returns / raises what a task group's ``__aexit__`` would.
+        Returns / raises what a task group's ``__aexit__`` would. ``stop`` is
+        the owner's only way in, so it must also work on a child that has not
+        run yet (Connection sets ``_close_requested`` first, which its run
+        task checks before anything else).
         """
         raise NotImplementedError
 
@@ -103,13 +106,15 @@ class _AsyncioOwner(TaskOwner):
                 stop()
             try:
                 await self._wait(task)
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as cancelled:
                 # Cancelled while waiting: stop the child, still wait for it (it
-                # ends promptly), then let the cancellation through.
+                # ends promptly), then report as a task group would: errors win
+                # over the cancellation, else the cancellation goes on.
                 stop()
                 with anyio.CancelScope(shield=True):
                     await self._wait(task)
-                raise
+                if exc_val is None:
+                    exc_val = cancelled
             errors: list[BaseException] = []
             if exc_val is not None and not isinstance(exc_val, asyncio.CancelledError):
                 errors.append(exc_val)

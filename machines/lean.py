@@ -23,10 +23,14 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from transitions import EventData, Machine
+from transitions import EventData, Machine, State
 from transitions.core import Event, Transition
 
 __all__ = ["LeanMachine"]
+
+
+_PLAIN_ENTER = State.enter
+_PLAIN_EXIT = State.exit
 
 
 class _LeanTransition(Transition):  # type: ignore[misc]  # transitions is untyped
@@ -48,13 +52,17 @@ class _LeanTransition(Transition):  # type: ignore[misc]  # transitions is untyp
     def _change_state(self, event_data: EventData) -> None:
         machine = event_data.machine
         states = machine.states  # keyed by name: the machine runs on string states
+        if self.source not in states or self.dest not in states:
+            return super()._change_state(event_data)  # (the library's own error)
         source = states[self.source]
-        if source.on_exit:
+        # Skipped only when it would do nothing: a plain State without callbacks
+        # (state features and custom state classes do their work in enter/exit).
+        if source.on_exit or type(source).exit is not _PLAIN_EXIT:
             source.exit(event_data)
-        dest = states[self.dest]  # type: ignore[index]  # (only called when dest is set)
+        dest = states[self.dest]  # type: ignore[index]  # (checked above)
         setattr(event_data.model, machine.model_attribute, dest.value)
         event_data.state = dest
-        if dest.on_enter:
+        if dest.on_enter or type(dest).enter is not _PLAIN_ENTER:
             dest.enter(event_data)
         if dest.final:
             machine.callbacks(machine.on_final, event_data)
@@ -65,10 +73,12 @@ class _LeanEvent(Event):  # type: ignore[misc]
         machine = self.machine
         if machine.has_queue or machine.prepare_event or machine.finalize_event or machine.on_exception:
             return bool(super().trigger(model, *args, **kwargs))
-        state = machine.states.get(getattr(model, machine.model_attribute))
+        value = getattr(model, machine.model_attribute)
+        state = machine.states.get(value) if type(value) is str else None
         candidates = self.transitions.get(state.name) if state is not None else None
         if not candidates:
-            # Unknown state or no transition from here: the library's own error or warning.
+            # Not a plain string state, unknown, or no transition from here: the
+            # library's own handling (errors, warnings, Enum states).
             return bool(super().trigger(model, *args, **kwargs))
         event_data = EventData(state, self, machine, model, args=args, kwargs=kwargs)
         for transition in candidates:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import anyio.abc
+import looptime
 import pytest
 import wsproto
 import wsproto.events as wse
@@ -155,6 +157,29 @@ async def test_plain_handler_returning_an_awaitable_is_awaited(caplog: pytest.Lo
     assert conn.messages_received >= 10
     assert len(got) == conn.messages_received  # none lost
     assert "declare it async def" in caplog.text
+
+
+@pytest.mark.parametrize("style", ["async def", "plain returning a coroutine"])
+async def test_close_from_inside_the_handler_is_prompt(style: str) -> None:
+    """close() awaited in the handler (which runs in the reader) does not wait out close_timeout."""
+
+    async def close_it(conn: Connection, message: str | bytes) -> None:
+        await conn.close()
+
+    handler = close_it if style == "async def" else (lambda conn, m: close_it(conn, m))
+    async with SimExchange(rate=5.0) as sim:
+
+        async def subscribe(conn: Connection, subs: list[Any]) -> None:
+            await conn.send({"op": "subscribe", "channel": "ticker", "symbols": ["BTC-USD"], "id": 1})
+
+        setup = setup_for(handler=handler, subscriber=subscribe, generate_subscriptions=lambda: ["t"], close_timeout=5.0)
+        with anyio.fail_after(60):
+            async with Connection(setup, dialer=sim.dialer()) as conn:
+                await conn.wait_for(State.CLOSING)
+                started = anyio.current_time()
+                await conn.wait_for(State.DISCONNECTED)
+                assert anyio.current_time() - started < 1.0
+    assert conn.last_close_sent == (1000, "")
 
 
 def test_secrets_stay_out_of_ids_reprs_and_errors() -> None:
@@ -349,3 +374,51 @@ async def test_close_frame_that_cannot_be_written_is_bounded(how: str) -> None:
             tg.cancel_scope.cancel()
     assert conn.state is State.DISCONNECTED
     assert conn.last_close_sent is None  # it never went out
+
+
+class _AnswerOnCue(ByteStream):
+    """A peer whose 101 is handed over exactly when the test says (by a loop callback)."""
+
+    def __init__(self) -> None:
+        self.ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+        self.response = b""
+        self.pending: Any = None
+
+    async def send(self, item: bytes) -> None:
+        self.ws.receive_data(item)
+        for event in self.ws.events():
+            if isinstance(event, wse.Request):
+                self.response = self.ws.send(wse.AcceptConnection())
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        self.pending = asyncio.get_running_loop().create_future()
+        return await self.pending  # type: ignore[no-any-return]
+
+    def answer(self) -> None:
+        self.pending.set_result(self.response)
+
+    async def send_eof(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("anyio_backend", [("asyncio", {"loop_factory": lambda: looptime.new_event_loop(start=0)})])
+async def test_answer_in_the_open_deadline_iteration_is_a_timeout_not_a_dropped_session() -> None:
+    """The 101 lands in the loop iteration where open_timeout fires: the attempt is a timeout;
+    it must not open, go live and then be dropped as 'closed' (asyncio: the race needs the loop)."""
+    peer = _AnswerOnCue()
+
+    async def dial(url: URL) -> ByteStream:
+        return peer
+
+    loop = asyncio.get_running_loop()
+    loop.call_at(loop.time() + 10.0, peer.answer)  # queued ahead of the deadline timer
+    setup = setup_for(open_timeout=10.0, backoff=Backoff(initial=1.0, maximum=1.0, jitter=False))
+    with anyio.fail_after(60):
+        async with Connection(setup, dialer=dial) as conn:
+            await conn.wait_for(State.RECONNECTING)
+    trail = [(e.trigger, e.reason) for e in conn.history]
+    assert trail[:2] == [("connect", ""), ("lost", "no handshake within open_timeout=10 s")]
+    assert "opened" not in [t for t, _ in trail]

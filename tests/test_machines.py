@@ -9,12 +9,14 @@ compare states, results, raised errors and the full callback log.
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transitions import EventData, Machine, MachineError
+from transitions import EventData, Machine, MachineError, State
+from transitions.extensions.states import Error, Timeout, add_state_features
 
 from machines.connection import MACHINE, STATES, TRANSITIONS, TRIGGERS, ConnectionModel, build_machine
 from machines.lean import LeanMachine
@@ -166,3 +168,70 @@ def test_lean_machine_keeps_the_stock_error_for_an_invalid_trigger() -> None:
     model = _hooked(LeanMachine, flag=False)
     with pytest.raises(MachineError, match="Can't trigger event back from state a"):
         model.back()
+
+
+class _AuditedState(State):
+    """A custom state_cls (a documented extension point) whose work is in enter/exit."""
+
+    log: list[tuple[str, str]] = []
+
+    def enter(self, event_data: EventData) -> None:
+        _AuditedState.log.append(("enter", self.name))
+        super().enter(event_data)
+
+    def exit(self, event_data: EventData) -> None:
+        _AuditedState.log.append(("exit", self.name))
+        super().exit(event_data)
+
+
+@pytest.mark.parametrize("base", [Machine, LeanMachine])
+def test_custom_state_class_enter_and_exit_still_run(base: type[Machine]) -> None:
+    class Audited(base):  # type: ignore[misc,valid-type]
+        state_cls = _AuditedState
+
+    machine = Audited(states=["a", "b"], transitions=[["go", "a", "b"]], initial="a", auto_transitions=False)
+    _AuditedState.log = []
+    machine.go()
+    assert machine.state == "b"
+    assert _AuditedState.log == [("exit", "a"), ("enter", "b")]
+
+
+@pytest.mark.parametrize("base", [Machine, LeanMachine])
+def test_state_features_still_work(base: type[Machine]) -> None:
+    @add_state_features(Timeout)
+    class WithTimeout(base):  # type: ignore[misc,valid-type]
+        pass
+
+    machine = WithTimeout(
+        states=["a", {"name": "b", "timeout": 30, "on_timeout": lambda: None}],
+        transitions=[["go", "a", "b"]],
+        initial="a",
+        auto_transitions=False,
+    )
+    machine.go()
+    timer = machine.get_state("b").runner.get(id(machine))
+    assert timer is not None  # entering armed the (thread) timer
+    timer.cancel()  # never waited on
+
+    @add_state_features(Error)
+    class WithErrors(base):  # type: ignore[misc,valid-type]
+        pass
+
+    dead_end = WithErrors(states=["a", "dead"], transitions=[["go", "a", "dead"]], initial="a", auto_transitions=False)
+    with pytest.raises(MachineError, match="Error state"):
+        dead_end.go()
+
+
+@pytest.mark.parametrize("base", [Machine, LeanMachine])
+def test_bad_destination_and_enum_on_the_model_fail_as_in_stock(base: type[Machine]) -> None:
+    machine = base(states=["a", "b"], transitions=[["go", "a", "nowhere"]], initial="a", auto_transitions=False)
+    with pytest.raises(ValueError, match="nowhere"):
+        machine.go()
+
+    class Letter(str, enum.Enum):
+        A = "a"
+
+    machine = base(states=["a", "b"], transitions=[["go", "a", "b"]], initial="a", auto_transitions=False)
+    machine.state = Letter.A  # an Enum member where the machine stores strings
+    with pytest.raises(ValueError):
+        machine.go()

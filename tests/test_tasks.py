@@ -23,6 +23,7 @@ class _Child:
         self.scope: anyio.CancelScope | None = None
         self.events: list[str] = []
         self.work = work
+        self.work_fails = False
 
     async def __call__(self) -> None:
         self.events.append("started")
@@ -145,3 +146,31 @@ async def test_task_identity_tells_tasks_apart() -> None:
         tg.start_soon(record)
     assert ident() == ident() == anyio.get_current_task().id
     assert len(set(seen)) == 2 and ident() not in seen
+
+
+async def _cleanup_for_one_second(child: _Child) -> None:
+    try:
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(1)  # the join is cancelled while this runs
+        if child.work_fails:
+            raise RuntimeError("child failed in cleanup")
+
+
+@pytest.mark.parametrize("failing", ["body", "child"])
+async def test_errors_survive_a_cancelled_join(failing: str) -> None:
+    """An outer cancellation during the join does not swallow the body's error or the child's crash."""
+    child = _Child(_cleanup_for_one_second)
+    child.work_fails = failing == "child"
+
+    async def body() -> None:
+        await anyio.sleep(0.1)
+        if failing == "body":
+            raise KeyError("body error")
+
+    with anyio.fail_after(60), pytest.raises(BaseExceptionGroup) as info:
+        with anyio.move_on_after(0.5):  # fires while the join waits for the child's cleanup
+            await _run_block(own_task(), child, body)
+    assert [type(e) for e in info.value.exceptions] == [KeyError if failing == "body" else RuntimeError]
+    assert child.events == ["started", "ended"]
