@@ -341,9 +341,13 @@ class Connection:
         try:
             result = await owner.join(exc_info, self._stop_tasks)
         except BaseExceptionGroup as group:
-            # The task group wraps the body's own exception: let it through as it was.
-            if len(group.exceptions) == 1 and group.exceptions[0] is exc_info[1]:
-                return False
+            # The task group wraps the body's own exception (on trio, beside the
+            # Cancelled of an outer scope that fired meanwhile): let it through as
+            # it was, as on asyncio; an error wins over a cancellation.
+            body_exc, cancelled = exc_info[1], anyio.get_cancelled_exc_class()
+            if body_exc is not None and any(e is body_exc for e in group.exceptions):
+                if all(e is body_exc or isinstance(e, cancelled) for e in group.exceptions):
+                    return False
             raise
         if failure is not None:
             raise failure

@@ -113,3 +113,33 @@ async def test_leaving_the_block(case: str, how: str) -> None:
         assert conn.state is State.DISCONNECTED
         assert anyio.current_time() - left_at <= setup.close_timeout + 0.01
         assert not (_tasks() - before)
+
+
+async def test_body_error_beats_an_outer_deadline_that_fires_during_the_exit() -> None:
+    """The handler is in a bounded shielded section (say, persisting a fill) when the block
+    raises; an outer deadline fires while the exit waits for it. The block's own error comes
+    out, unwrapped, on both backends; the shielded section runs to its end."""
+    in_handler = anyio.Event()
+    finished: list[float] = []
+
+    async def handler(conn: Connection, message: str | bytes) -> None:
+        in_handler.set()
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(2)
+            finished.append(anyio.current_time())
+
+    async def subscribe(conn: Connection, subs: list[Any]) -> None:
+        await conn.send({"op": "subscribe", "channel": "ticker", "symbols": ["BTC-USD"], "id": 1})
+
+    setup = ConnectionSetup(url="ws://sim.test/ws", handler=handler, subscriber=subscribe, generate_subscriptions=lambda: [1])
+    async with SimExchange(rate=5.0) as sim:
+        with anyio.fail_after(60), pytest.raises(KeyError, match="order book corrupt"):
+            with anyio.CancelScope() as outer:
+                async with Connection(setup, dialer=sim.dialer()) as conn:
+                    await conn.wait_for(State.LIVE)
+                    await in_handler.wait()
+                    raised_at = anyio.current_time()
+                    outer.deadline = raised_at + 1
+                    raise KeyError("order book corrupt")
+    assert finished and finished[0] == pytest.approx(raised_at + 2, abs=0.3)
+    assert conn.state is State.DISCONNECTED
