@@ -44,9 +44,9 @@ from engine.events import StateChanged
 from engine.tasks import TaskOwner, own_task, task_identity
 from machines.connection import ConnectionModel, State, state_of
 from transports.base import ByteStream, Dialer, deadline_receiver
+from transports.frames import is_valid_close_code
 from transports.memory import MemoryByteStream
 from transports.tcp import AsyncioByteStream, tcp_dialer
-from transports.frames import is_valid_close_code
 from transports.websocket import (
     Accepted,
     ClientProtocol,
@@ -345,9 +345,10 @@ class Connection:
             # Cancelled of an outer scope that fired meanwhile): let it through as
             # it was, as on asyncio; an error wins over a cancellation.
             body_exc, cancelled = exc_info[1], anyio.get_cancelled_exc_class()
-            if body_exc is not None and any(e is body_exc for e in group.exceptions):
-                if all(e is body_exc or isinstance(e, cancelled) for e in group.exceptions):
-                    return False
+            if any(e is body_exc for e in group.exceptions) and all(
+                e is body_exc or isinstance(e, cancelled) for e in group.exceptions
+            ):
+                return False
             raise
         if failure is not None:
             raise failure

@@ -100,7 +100,7 @@ class _AsyncioOwner(TaskOwner):
     async def join(self, exc_info: ExcInfo, stop: Callable[[], None]) -> bool | None:
         body, task = self._body, self._task
         assert body is not None and task is not None, "join() without start()"
-        exc_type, exc_val, exc_tb = exc_info
+        _, exc_val, exc_tb = exc_info
         try:
             if exc_val is not None:
                 stop()

@@ -18,7 +18,14 @@ from hypothesis import strategies as st
 from transitions import EventData, Machine, MachineError, State
 from transitions.extensions.states import Error, Timeout, add_state_features
 
-from machines.connection import MACHINE, STATES, TRANSITIONS, TRIGGERS, ConnectionModel, build_machine
+from machines.connection import (
+    MACHINE,
+    STATES,
+    TRANSITIONS,
+    TRIGGERS,
+    ConnectionModel,
+    build_machine,
+)
 from machines.lean import LeanMachine
 
 

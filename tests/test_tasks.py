@@ -11,7 +11,13 @@ from typing import Any
 import anyio
 import pytest
 
-from engine.tasks import TaskOwner, _AsyncioOwner, _TaskGroupOwner, own_task, task_identity
+from engine.tasks import (
+    TaskOwner,
+    _AsyncioOwner,
+    _TaskGroupOwner,
+    own_task,
+    task_identity,
+)
 
 pytestmark = pytest.mark.anyio
 
