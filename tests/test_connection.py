@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -325,6 +326,84 @@ async def test_close_from_every_state_ends_all_tasks(sim: SimExchange, case: str
     assert transitions(conn)[-2:] == [(target.value, "closing", "close"), ("closing", "disconnected", "closed")]
     await anyio.sleep(1)
     assert sim.connections == 0
+
+
+class _Boom(BaseException):
+    """Not an Exception: must come out of the block as it went in."""
+
+
+def _asyncio_tasks() -> set[Any]:
+    try:
+        return {t for t in asyncio.all_tasks() if "sim" not in repr(t)}
+    except RuntimeError:  # trio: the task group around the test catches leaks
+        return set()
+
+
+@pytest.mark.parametrize("how", ["normal", "error", "base-exception", "outer-cancel", "close-then-exit"])
+@pytest.mark.parametrize("case", list(CLOSE_CASES))
+async def test_every_way_out_of_the_block_from_every_state(sim: SimExchange, case: str, how: str) -> None:
+    """No hang, no leaked task, DISCONNECTED, within close_timeout; the block's own exception comes out."""
+    overrides, fault, target = CLOSE_CASES[case]
+    overrides = dict(overrides)
+    dialer_kind = overrides.pop("dialer", "sim")
+    dialer = {"sim": sim.dialer(), "hang": _never_returns, "refuse": _refuse}[dialer_kind]
+    setup = make_setup(**overrides, setup_timeout=1000.0, open_timeout=1000.0)
+    before = _asyncio_tasks()
+    raised: BaseException | None = None
+    left_at = 0.0
+    with anyio.fail_after(100):
+        try:
+            with anyio.CancelScope() as outer:
+                async with Connection(setup, dialer=dialer) as conn:
+                    if fault is not None:
+                        await conn.wait_for(State.LIVE)
+                        fault(sim)
+                    await conn.wait_for(target)
+                    left_at = anyio.current_time()
+                    if how == "error":
+                        raise KeyError("body")
+                    if how == "base-exception":
+                        raise _Boom()
+                    if how == "close-then-exit":
+                        await conn.close()
+                    if how == "outer-cancel":
+                        outer.cancel()
+                        await anyio.sleep_forever()
+        except BaseException as exc:  # noqa: BLE001 - what comes out is the subject
+            raised = exc
+    expected = {"error": KeyError, "base-exception": _Boom}.get(how)
+    if expected is None:
+        assert raised is None, repr(raised)
+    else:
+        assert isinstance(raised, expected), repr(raised)
+    assert conn.state is State.DISCONNECTED
+    assert anyio.current_time() - left_at <= setup.close_timeout + 0.01
+    assert not (_asyncio_tasks() - before)
+
+
+async def test_body_error_beats_an_outer_deadline_that_fires_during_the_exit(sim: SimExchange) -> None:
+    """The handler is in a bounded shielded section (say, persisting a fill) when the block
+    raises; an outer deadline fires while the exit waits for it. The block's own error comes
+    out, unwrapped, on both backends; the shielded section runs to its end."""
+    in_handler = anyio.Event()
+    finished: list[float] = []
+
+    async def handler(conn: Connection, message: str | bytes) -> None:
+        in_handler.set()
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(2)
+            finished.append(anyio.current_time())
+
+    with anyio.fail_after(60), pytest.raises(KeyError, match="order book corrupt"):
+        with anyio.CancelScope() as outer:
+            async with Connection(make_setup(handler=handler), dialer=sim.dialer()) as conn:
+                await conn.wait_for(State.LIVE)
+                await in_handler.wait()
+                raised_at = anyio.current_time()
+                outer.deadline = raised_at + 1
+                raise KeyError("order book corrupt")
+    assert finished and finished[0] == pytest.approx(raised_at + 2, abs=0.3)
+    assert conn.state is State.DISCONNECTED
 
 
 async def test_close_while_closing_and_before_start(sim: SimExchange) -> None:
