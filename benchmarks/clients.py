@@ -109,6 +109,9 @@ class Client:
 class WebsocketsClient(Client):
     """python-websockets, new asyncio implementation (the 1.0 reference)."""
 
+    #: extra ``connect()`` arguments for the handshake/memory connections
+    connect_options: dict[str, Any] = {}  # noqa: RUF012 - read only
+
     async def throughput(self, port: int, n: int, decode: Decode | None) -> float:
         from websockets.asyncio.client import connect
 
@@ -134,7 +137,7 @@ class WebsocketsClient(Client):
     async def idle(self, port: int) -> AsyncIterator[Any]:
         from websockets.asyncio.client import connect
 
-        async with connect(f"ws://127.0.0.1:{port}/") as ws:
+        async with connect(f"ws://127.0.0.1:{port}/", **self.connect_options) as ws:
             await ws.recv()  # hello
             yield ws
 
@@ -148,13 +151,7 @@ class WebsocketsNoProxyClient(WebsocketsClient):
     shell it runs in. This row is websockets without that cost.
     """
 
-    @contextlib.asynccontextmanager
-    async def idle(self, port: int) -> AsyncIterator[Any]:
-        from websockets.asyncio.client import connect
-
-        async with connect(f"ws://127.0.0.1:{port}/", proxy=None) as ws:
-            await ws.recv()  # hello
-            yield ws
+    connect_options = {"proxy": None}  # noqa: RUF012
 
 
 class AiohttpClient(Client):
