@@ -381,7 +381,8 @@ class Connection:
             if self._close_requested is None:
                 await self._keep_alive()
         finally:
-            self._fail_waiters(ConnectionClosed(f"{self.id}: closed"))
+            if self._waiters:
+                self._fail_waiters(ConnectionClosed(f"{self.id}: closed"))
             if self.state is not State.DISCONNECTED:
                 self._fire("close", "cancelled")  # cancelled from outside, without close()
                 self._fire("closed", "close complete")
@@ -525,7 +526,8 @@ class Connection:
             finally:
                 self._session_scope = None
                 self._stream = self._proto = None
-                self._fail_waiters(ConnectionLost(f"{self.id}: connection lost while a request was pending"))
+                if self._waiters:  # (no exception built for nobody)
+                    self._fail_waiters(ConnectionLost(f"{self.id}: connection lost while a request was pending"))
                 await _close_quietly(stream)
         if stream is None:
             return self._open_cut_short()  # (the scope was cancelled while opening)
