@@ -12,6 +12,12 @@ against ~5 µs, which was a visible share of handshake latency).
 The child is stopped through its own anyio cancel scopes (the ``stop``
 callback), never by a native ``Task.cancel()``, so shielded sections inside
 it (a bounded close, a final delivery) behave exactly as under a task group.
+It is also made a member of the body's cancel scope in anyio's own
+bookkeeping, exactly as anyio's task groups register their children, so
+cancelling a scope around the block reaches it at once. That bookkeeping is
+private to anyio (``TaskState``, ``_task_states``); without it (another anyio)
+the owner falls back to a task group, and tests/test_tasks.py pins the
+behaviour on the installed version.
 """
 
 from __future__ import annotations
@@ -22,8 +28,15 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from transports.base import running_asyncio_loop
+
+try:  # anyio's record of which cancel scope each asyncio task runs in (private)
+    from anyio._backends._asyncio import TaskState as _TaskState
+    from anyio._backends._asyncio import _task_states
+except ImportError:  # pragma: no cover - another anyio: use a task group
+    _TaskState = None  # type: ignore[assignment,misc]
 
 __all__ = ["TaskOwner", "own_task", "task_identity"]
 
@@ -68,24 +81,37 @@ class _AsyncioOwner(TaskOwner):
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._body: anyio.CancelScope | None = None
+        # (Any: the asyncio backend's scope, whose private task set start() uses)
+        self._body: Any = None
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     async def start(self, child: Callable[[], Coroutine[Any, Any, None]]) -> None:
         # The body runs in this scope so that a crashed child can cancel it.
-        self._body = anyio.CancelScope()
-        self._body.__enter__()
-        self._task = self._loop.create_task(self._run(child))
-        self._task.add_done_callback(self._child_done)
+        body: Any = anyio.CancelScope()
+        self._body = body
+        body.__enter__()
+        host = asyncio.current_task()
+        task = self._task = self._loop.create_task(self._run(child))
+        # A member of the body's scope, as a task group's child is of the group's.
+        _task_states[task] = _TaskState(id(host), body)
+        body._tasks.add(task)
+        task.add_done_callback(self._child_done)
 
     async def _run(self, child: Callable[[], Coroutine[Any, Any, None]]) -> None:
         try:
             await child()
         finally:
-            # Wake a join from the child's last step: a done callback alone
-            # would cost one more loop iteration before the join resumes.
+            # Leave the body's scope and wake a join from the child's last step:
+            # a done callback alone would cost one more loop iteration.
+            self._leave_body()
             self._wake()
+
+    def _leave_body(self) -> None:
+        task, body = self._task, self._body
+        if task is not None and body is not None:
+            body._tasks.discard(task)
+            _task_states.pop(task, None)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -93,7 +119,8 @@ class _AsyncioOwner(TaskOwner):
             waiter.set_result(None)
 
     def _child_done(self, task: asyncio.Task[None]) -> None:
-        self._wake()  # (also when the task was cancelled before it ever ran)
+        self._leave_body()  # (also when the task was cancelled before it ever ran)
+        self._wake()
         if not task.cancelled() and task.exception() is not None and self._body is not None:
             self._body.cancel()
 
@@ -125,6 +152,9 @@ class _AsyncioOwner(TaskOwner):
                 raise BaseExceptionGroup("unhandled errors in a TaskGroup", errors) from None
             if exc_val is not None:
                 raise exc_val
+            # As at a task group's exit: a scope around the block that was cancelled
+            # while nothing here awaited (the child was already done) sees it now.
+            await anyio.lowlevel.checkpoint_if_cancelled()
         except BaseException as exc:
             if body.__exit__(type(exc), exc, exc.__traceback__):
                 return True
@@ -145,7 +175,9 @@ class _AsyncioOwner(TaskOwner):
 def own_task() -> TaskOwner:
     """A :class:`TaskOwner` for the running backend (call inside the event loop)."""
     loop = running_asyncio_loop()
-    return _AsyncioOwner(loop) if loop is not None else _TaskGroupOwner()
+    if loop is not None and _TaskState is not None:
+        return _AsyncioOwner(loop)
+    return _TaskGroupOwner()
 
 
 def task_identity() -> Callable[[], int]:

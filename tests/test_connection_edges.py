@@ -422,3 +422,53 @@ async def test_answer_in_the_open_deadline_iteration_is_a_timeout_not_a_dropped_
     trail = [(e.trigger, e.reason) for e in conn.history]
     assert trail[:2] == [("connect", ""), ("lost", "no handshake within open_timeout=10 s")]
     assert "opened" not in [t for t, _ in trail]
+
+
+async def test_outer_cancel_reaches_the_run_task_at_once() -> None:
+    """As with a task group's child: cancelling a scope around the block stops the connection
+    at once, even while the block's body sits in a shielded section."""
+    async with SimExchange() as sim:
+        seen = None
+        with anyio.fail_after(60):
+            with anyio.CancelScope() as outer:
+                async with Connection(setup_for(), dialer=sim.dialer()) as conn:
+                    await conn.wait_for(State.LIVE)
+                    outer.cancel()
+                    with anyio.CancelScope(shield=True):
+                        await anyio.sleep(3)
+                        seen = conn.state
+        assert seen is State.DISCONNECTED
+        assert outer.cancelled_caught
+
+
+@pytest.mark.parametrize("peer_resets_at", [None, 2.0])
+async def test_outer_deadline_during_a_blocked_close_is_caught_by_its_scope(peer_resets_at: float | None) -> None:
+    """The peer stops reading, so our close frame cannot be written; a deadline around the block
+    fires meanwhile. The block ends at that deadline (the run task is cancelled with it, which
+    also ends the write) and the scope reports it caught its own cancellation."""
+    pings: list[bytes] = []
+    streams: list[ByteStream] = []
+    async with anyio.create_task_group() as tg:
+        dial_silent = silent_peer(tg, pings, reads=False)
+
+        async def dial(url: URL) -> ByteStream:
+            streams.append(await dial_silent(url))
+            return streams[-1]
+
+        async def reset_later(delay: float) -> None:
+            await anyio.sleep(delay)
+            streams[0].abort()  # type: ignore[attr-defined]
+
+        with anyio.fail_after(60):
+            with anyio.CancelScope() as outer:
+                async with Connection(setup_for(close_timeout=5.0), dialer=dial) as conn:
+                    await conn.wait_for(State.LIVE)
+                    left = anyio.current_time()
+                    outer.deadline = left + 1
+                    if peer_resets_at is not None:
+                        tg.start_soon(reset_later, peer_resets_at)
+            took = anyio.current_time() - left
+        tg.cancel_scope.cancel()
+    assert outer.cancelled_caught
+    assert took == pytest.approx(1.0, abs=0.01)
+    assert conn.state is State.DISCONNECTED
