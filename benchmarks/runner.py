@@ -284,7 +284,7 @@ PHASES = {"throughput": phase_throughput, "handshake": phase_handshake, "memory"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options; ``--quick`` lowers every default that is not given."""
     p = argparse.ArgumentParser(prog="python -m benchmarks", description="wirestate vs its peers, in one run")
-    p.add_argument("--quick", action="store_true", help="small run (< 2 minutes)")
+    p.add_argument("--quick", action="store_true", help="small run (~30 s on 2 cores)")
     p.add_argument("--rounds", type=int, help="throughput rounds (default 7, quick 3)")
     p.add_argument("--messages", type=int, help="messages per throughput run (default 500000, quick 200000)")
     p.add_argument("--handshake-rounds", type=int, help="default 3, quick 1")

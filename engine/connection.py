@@ -348,6 +348,8 @@ class Connection:
             if any(e is body_exc for e in group.exceptions) and all(
                 e is body_exc or isinstance(e, cancelled) for e in group.exceptions
             ):
+                if failure is not None:  # the body's error goes on; ours is not lost silently
+                    log.warning("%s: closing on the way out failed", self.id, exc_info=failure)
                 return False
             raise
         if failure is not None:
