@@ -334,7 +334,7 @@ class Connection:
                         self._stop_tasks()
             if scope.cancelled_caught:  # our close frame could not be written in time
                 self._stop_tasks()
-        except Exception as exc:  # the task group must still be exited, and its tasks stopped
+        except Exception as exc:  # the run task must still be stopped and joined
             self._stop_tasks()
             failure = exc
         # One wait for the run task (no second hand-off through close()).

@@ -186,18 +186,14 @@ async def test_a_scope_around_the_block_reaches_the_child_at_once() -> None:
     """The child is inside the caller's cancel scopes (as a task group's child is): cancelling
     one stops the child even while the body sits in a shielded section."""
     child = _Child()
-    owner = own_task()
+
+    async def body() -> None:
+        await anyio.sleep(1)
+        outer.cancel()
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(2)
+            assert child.events == ["started", "ended"]
+
     with anyio.fail_after(60), anyio.CancelScope() as outer:
-        await owner.start(child)
-        try:
-            await anyio.sleep(1)
-            outer.cancel()
-            with anyio.CancelScope(shield=True):
-                await anyio.sleep(2)
-                assert child.events == ["started", "ended"]
-        except BaseException as exc:
-            if not await owner.join((type(exc), exc, exc.__traceback__), child.stop):
-                raise
-        else:
-            await owner.join((None, None, None), child.stop)
+        await _run_block(own_task(), child, body)
     assert outer.cancelled_caught
