@@ -1,13 +1,69 @@
-"""The ``wirestate`` console script: ``wirestate demo`` and ``wirestate diagrams``."""
+"""The ``wirestate`` console script: ``wirestate demo``, ``wirestate sim`` and ``wirestate diagrams``.
+
+A bad argument is one ``error:`` line on stderr and exit code 2; Ctrl-C ends ``demo`` and ``sim`` with exit code 0 on asyncio and trio.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
-__all__ = ["main"]
+__all__ = ["DEMO_MIN_DURATION", "SIM_PORT", "main"]
+
+#: Shortest ``wirestate demo --duration``, seconds. The whole demo takes about
+#: 10 s; a run between this and that just ends early, before every fault.
+DEMO_MIN_DURATION = 1.0
+#: ``wirestate sim``'s port when no ``--port`` is given.
+SIM_PORT = 8765
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose input errors are one line on stderr (exit code 2), usage left to ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _seconds(minimum: float) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number of seconds, >= ``minimum`` (> 0 when ``minimum`` is 0)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number of seconds, not {text}")
+        if value < minimum or value <= 0:
+            least = f"at least {minimum:g}" if minimum > 0 else "more than 0"
+            raise argparse.ArgumentTypeError(f"must be {least} s, not {value:g}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    """An argparse ``type``: a TCP port, 0 (any free port) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 (any free port) to 65535, not {value}")
+    return value
+
+
+def _trio_missing(command: str, backend: str) -> bool:
+    import importlib.util
+
+    if backend == "trio" and importlib.util.find_spec("trio") is None:
+        print(f"wirestate {command} --backend trio needs trio: pip install trio", file=sys.stderr)
+        return True
+    return False
 
 
 def _diagrams(args: argparse.Namespace) -> int:
@@ -15,9 +71,25 @@ def _diagrams(args: argparse.Namespace) -> int:
 
     directory = Path(args.dir)
     if args.check:
-        stale = stale_files(directory)
+        where = directory.resolve()
+        if not directory.is_dir():
+            print(
+                f"no diagrams folder at {where} - run this in the repository root, point --dir at the "
+                "folder, or write the diagrams with `wirestate diagrams`",
+                file=sys.stderr,
+            )
+            return 1
+        missing = [name for name in render_all() if not (directory / name).is_file()]
+        stale = [name for name in stale_files(directory) if name not in missing]
+        if missing:
+            print(
+                f"diagram files missing in {where}: {', '.join(missing)} - point --dir at the right "
+                "folder, or write them with `wirestate diagrams`",
+                file=sys.stderr,
+            )
         if stale:
             print(f"diagrams are stale: {', '.join(stale)} in {directory}/ - run `wirestate diagrams`", file=sys.stderr)
+        if missing or stale:
             return 1
         print(f"diagrams in {directory}/ match the machine definitions")
         return 0
@@ -29,26 +101,44 @@ def _diagrams(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import importlib.util
-
-    from engine.demo import run_demo
-
-    if args.backend == "trio" and importlib.util.find_spec("trio") is None:
-        print("wirestate demo --backend trio needs trio: pip install trio", file=sys.stderr)
+    if _trio_missing("demo", args.backend):
         return 2
+    from engine.demo import run_demo
 
     return run_demo(duration=args.duration, backend=args.backend)
 
 
+def _sim(args: argparse.Namespace) -> int:
+    if _trio_missing("sim", args.backend):
+        return 2
+    from engine.sim.serve import run_sim
+
+    return run_sim(port=args.port, duration=args.duration, backend=args.backend)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    parser = argparse.ArgumentParser(prog="wirestate", description="Keeps exchange WebSocket streams alive.")
+    parser = _Parser(prog="wirestate", description="Keeps exchange WebSocket streams alive.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="stream from the embedded simulated exchange on 127.0.0.1, with faults")
-    demo.add_argument("--duration", type=float, default=20.0, help="upper bound on the run, seconds (default 20)")
+    demo.add_argument(
+        "--duration",
+        type=_seconds(DEMO_MIN_DURATION),
+        default=20.0,
+        help=f"upper bound on the run, seconds (default 20, at least {DEMO_MIN_DURATION:g}; "
+        "the whole demo takes about 10, a shorter run ends early)",
+    )
     demo.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     demo.set_defaults(run=_demo)
+
+    sim = commands.add_parser("sim", help="serve the simulated exchange on 127.0.0.1 until Ctrl-C")
+    sim.add_argument(
+        "--port", type=_port, default=SIM_PORT, help=f"port on 127.0.0.1 (default {SIM_PORT}; 0: any free one)"
+    )
+    sim.add_argument("--duration", type=_seconds(0.0), default=None, help="stop after this many seconds")
+    sim.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    sim.set_defaults(run=_sim)
 
     diagrams = commands.add_parser("diagrams", help="write state diagrams generated from the machine definitions")
     diagrams.add_argument("--check", action="store_true", help="exit 1 when the files differ from the code")
@@ -56,8 +146,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     diagrams.set_defaults(run=_diagrams)
 
     args = parser.parse_args(argv)
-    if getattr(args, "duration", 1.0) <= 0:
-        parser.error("--duration must be positive")
     return int(args.run(args))
 
 

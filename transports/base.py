@@ -9,6 +9,7 @@ stream, so the engine never knows which transport it runs on.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -18,12 +19,16 @@ from anyio.abc import ByteStream
 
 __all__ = [
     "ByteStream",
+    "Capabilities",
+    "NO_CAPABILITIES",
+    "capabilities_of",
     "DeadlineReceive",
     "Dialer",
     "URL",
     "InvalidURL",
     "deadline_receiver",
     "parse_url",
+    "redact_url",
     "running_asyncio_loop",
 ]
 
@@ -55,28 +60,85 @@ class URL:
         return f"{self.scheme}://{self.host_header}{self.resource}"
 
 
+#: What :func:`redact_url` puts in place of a hidden part.
+REDACTED = "***"
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+_PORT = re.compile(r"(.*?):([^:\]]*)")  # host:port, the port after the last colon outside [ ]
+
+
+def redact_url(url: str) -> str:
+    """``url`` safe to show in errors and logs: only scheme, host and port stay readable.
+
+    Userinfo, path, query and fragment are often secrets (tokens, listen keys,
+    passwords), so each is replaced by ``***``:
+    ``wss://user:pw@ex.com:99999/ws/KEY?token=T#x`` -> ``wss://***@ex.com:99999/***?***#***``.
+    A port that is not a number is hidden too. Works on any string, also one
+    that :func:`urllib.parse.urlsplit` rejects.
+    """
+    rest, hash_, _ = url.partition("#")
+    scheme = _SCHEME.match(rest)
+    shown = scheme.group() if scheme else ""
+    rest = rest[len(shown) :]
+    if rest.startswith("//"):
+        shown += "//"
+        authority = re.split(r"[/?]", rest[2:], maxsplit=1)[0]
+        rest = rest[2 + len(authority) :]
+        userinfo, at, hostport = authority.rpartition("@")
+        if at:
+            shown += REDACTED + "@"
+        elif "@" in url:  # a password with a / ? or # in it: the whole authority is suspect
+            hostport = REDACTED
+        port = _PORT.fullmatch(hostport)
+        if port and not port.group(2).isdigit():
+            hostport = f"{port.group(1)}:{REDACTED}" if port.group(2) else hostport
+        shown += hostport
+    path, question, _ = rest.partition("?")
+    if path not in ("", "/"):
+        shown += "/" + REDACTED if path.startswith("/") else REDACTED
+    else:
+        shown += path
+    if question:
+        shown += "?" + REDACTED
+    if hash_:
+        shown += "#" + REDACTED
+    return shown
+
+
 def parse_url(url: str) -> URL:
     """Parse ``ws://host[:port]/path?query`` or ``wss://...``.
 
-    Raises :class:`InvalidURL` with a message that says what is wrong.
+    Raises :class:`InvalidURL` with a message that says what is wrong and shows
+    the URL only through :func:`redact_url` (never a token from it).
     """
     if not isinstance(url, str):
         raise InvalidURL(f"URL must be a string, got {type(url).__name__}")
+    shown = repr(redact_url(url))
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise InvalidURL(f"{url!r}: {exc}") from None
+        # urlsplit's own messages may quote parts of the URL: never pass them on.
+        if "Port" in str(exc):
+            problem = "the port must be a number from 1 to 65535"
+        elif "IPv6" in str(exc):
+            problem = "unbalanced [ ] around the host (an IPv6 address needs both)"
+        else:
+            problem = "the host part is malformed"
+        raise InvalidURL(f"{shown}: {problem}") from None
     scheme = parts.scheme.lower()
     if scheme not in ("ws", "wss"):
         hint = " (use ws:// or wss://)" if scheme in ("http", "https") else ""
-        raise InvalidURL(f"{url!r}: scheme must be ws or wss, not {scheme or 'missing'!r}{hint}")
+        named = repr(scheme) if scheme and _SCHEME.fullmatch(scheme + ":") else "missing"
+        raise InvalidURL(f"{shown}: scheme must be ws or wss, not {named}{hint}")
     if not parts.hostname:
-        raise InvalidURL(f"{url!r}: no host")
+        raise InvalidURL(f"{shown}: no host")
     if parts.username or parts.password:
-        raise InvalidURL(f"{url!r}: credentials in the URL are not supported (they would leak into logs)")
+        raise InvalidURL(f"{shown}: credentials in the URL are not supported (they would leak into logs)")
     if parts.fragment:
-        raise InvalidURL(f"{url!r}: a WebSocket URL cannot have a #fragment")
+        raise InvalidURL(f"{shown}: a WebSocket URL cannot have a #fragment")
+    if port == 0:
+        raise InvalidURL(f"{shown}: port 0 is not a usable port (leave it out for the default 80/443)")
     secure = scheme == "wss"
     resource = parts.path or "/"
     if parts.query:
@@ -120,3 +182,31 @@ def running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a stream promises beyond the :class:`ByteStream` interface.
+
+    A stream class declares them as a class attribute ``capabilities``; the
+    engine reads them with :func:`capabilities_of` and never tests a stream's
+    concrete type.
+
+    - ``atomic_send``: ``send()`` hands the whole buffer over before it can
+      suspend, so cancelling it never leaves part of a frame on the wire.
+    - ``instant_close``: ``aclose()`` never waits (no flush to a peer that may
+      not read, no TLS goodbye), so it needs no deadline.
+    """
+
+    atomic_send: bool = False
+    instant_close: bool = False
+
+
+#: what an unknown stream promises: nothing beyond the interface
+NO_CAPABILITIES = Capabilities()
+
+
+def capabilities_of(stream: ByteStream) -> Capabilities:
+    """The stream's declared :class:`Capabilities` (none for a stream that declares nothing)."""
+    declared = getattr(stream, "capabilities", NO_CAPABILITIES)
+    return declared if isinstance(declared, Capabilities) else NO_CAPABILITIES

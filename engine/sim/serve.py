@@ -1,0 +1,90 @@
+"""``wirestate sim``: serve the simulated exchange on 127.0.0.1 until Ctrl-C.
+
+Also home of :func:`run_interruptible`, the Ctrl-C handling that ``wirestate
+demo`` and ``wirestate sim`` share: the same on asyncio and trio.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from engine.sim.dialect import CHANNELS
+from engine.sim.exchange import SimExchange
+
+__all__ = ["run_interruptible", "run_sim"]
+
+#: Data messages per second per subscribed (channel, symbol) pair.
+_RATE = 4.0
+
+
+def _only_interrupts(group: BaseExceptionGroup[BaseException]) -> bool:
+    match, rest = group.split(KeyboardInterrupt)
+    return match is not None and rest is None
+
+
+def run_interruptible(func: Callable[..., Awaitable[Any]], *args: Any, backend: str = "asyncio") -> Any:
+    """``anyio.run(func, *args, backend=backend)``; raises KeyboardInterrupt alone on Ctrl-C.
+
+    On trio a Ctrl-C surfaces from inside task groups, wrapped in a
+    ``BaseExceptionGroup``; on asyncio it is a bare ``KeyboardInterrupt``. A
+    group holding only KeyboardInterrupts becomes one bare KeyboardInterrupt,
+    so callers catch one thing on both backends. A group with any other error
+    in it propagates unchanged (an interrupt must not hide a real failure).
+    """
+    try:
+        return anyio.run(func, *args, backend=backend)
+    except BaseExceptionGroup as group:
+        if _only_interrupts(group):
+            raise KeyboardInterrupt from None
+        raise
+
+
+def _dialect_summary(sim: SimExchange, url: str) -> str:
+    symbols = ", ".join(sim.symbols)
+    channels = "|".join(f'"{c}"' for c in CHANNELS)
+    return "\n".join(
+        [
+            f"simulated exchange serving {url} (127.0.0.1 only; any path is accepted)",
+            'dialect: one JSON object per text frame; "id" is echoed as sent',
+            f'  {{"op":"subscribe","channel":{channels},"symbols":["{sim.symbols[0]}"],"id":1}}'
+            ' -> {"event":"subscribed",...,"id":1}, then data',
+            '  {"op":"unsubscribe",...}  {"op":"login","key":"...","signature":"..."}  {"op":"ping","id":2}',
+            f"  symbols: {symbols}; data: {_RATE:g} messages/s per subscribed (channel, symbol);"
+            " a bad request gets an error event (code 400/404)",
+            "Ctrl-C stops it",
+        ]
+    )
+
+
+async def _serve(port: int, duration: float | None) -> int:
+    async with SimExchange(rate=_RATE) as sim:
+        try:
+            bound = await sim.listen_tcp(port)
+        except OSError as exc:
+            print(f"wirestate sim: cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        print(_dialect_summary(sim, f"ws://127.0.0.1:{bound}/ws"), flush=True)
+        with anyio.move_on_after(math.inf if duration is None else duration):
+            await anyio.sleep_forever()
+    return 0
+
+
+def run_sim(port: int, duration: float | None = None, backend: str = "asyncio") -> int:
+    """Serve the simulated exchange on 127.0.0.1:``port`` (0: a free one) until Ctrl-C or ``duration``.
+
+    Prints the ``ws://`` URL and a summary of the dialect, then ``stopped`` at
+    the end. Returns the exit code: 0, also on Ctrl-C; 1 when the port cannot
+    be bound.
+    """
+    try:
+        code = int(run_interruptible(_serve, port, duration, backend=backend))
+    except KeyboardInterrupt:
+        code = 0
+    if code == 0:
+        print("stopped", flush=True)
+    return code
