@@ -7,7 +7,6 @@ point the user builds the setup, not deep inside a running connection.
 from __future__ import annotations
 
 import inspect
-import random
 import re
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -17,6 +16,8 @@ import attrs
 import cattrs
 
 from engine.errors import ConfigError
+from engine.policy import Backoff, ReconnectPolicy
+from engine.requests import ResponseKey
 from transports.base import URL, InvalidURL, parse_url
 from transports.frames import DEFAULT_MAX_MESSAGE_SIZE
 from transports.websocket import FRAME_PATHS
@@ -59,42 +60,35 @@ def _async_or_none(instance: Any, attribute: attrs.Attribute[Any], value: Any) -
         raise ConfigError(f"{type(instance).__name__}.{attribute.name} must be an async function (async def)")
 
 
+def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ConfigError(f"{type(instance).__name__}.{attribute.name} must be a finite number >= 0, not {value!r}")
+
+
+def _policy_or_none(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not callable(getattr(value, "decide", None)):
+        raise ConfigError(
+            f"{type(instance).__name__}.{attribute.name} must have a decide(cause, attempt) method "
+            f"(see engine.policy.ReconnectPolicy), not {type(value).__name__}"
+        )
+
+
+def _listeners(value: Any) -> tuple[Callable[[Any], None], ...]:
+    listeners = (value,) if callable(value) else value
+    try:
+        listeners = tuple(listeners)
+    except TypeError:
+        raise ConfigError("ConnectionSetup.on_state_change must be a callable or a sequence of callables") from None
+    for listener in listeners:
+        if not callable(listener):
+            raise ConfigError(f"ConnectionSetup.on_state_change: {type(listener).__name__} is not callable")
+    return listeners
+
+
 def is_async(fn: Any) -> bool:
     """True for ``async def`` functions and objects whose ``__call__`` is one."""
     # (an object whose class defines ``async def __call__`` counts too)
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(type(fn), "__call__", None))  # noqa: B004
-
-
-@attrs.frozen
-class Backoff:
-    """Capped exponential reconnect delays.
-
-    The n-th retry waits ``min(maximum, initial * multiplier**n)``, times a
-    uniform factor in [0.5, 1] when ``jitter`` is on (so a fleet of clients
-    does not reconnect in lockstep). A server's ``Retry-After`` wins when it
-    is longer. ``max_attempts=None`` retries forever.
-    """
-
-    initial: float = attrs.field(default=0.5, validator=_positive)
-    maximum: float = attrs.field(default=30.0, validator=_positive)
-    multiplier: float = attrs.field(default=2.0, validator=_positive)
-    jitter: bool = True
-    max_attempts: int | None = attrs.field(default=None, validator=_positive_int_or_none)
-
-    def __attrs_post_init__(self) -> None:
-        if self.maximum < self.initial:
-            raise ConfigError(f"Backoff.maximum ({self.maximum}) must be >= Backoff.initial ({self.initial})")
-        if self.multiplier < 1:
-            raise ConfigError(f"Backoff.multiplier must be >= 1, not {self.multiplier}")
-
-    def delay(self, attempt: int, rng: random.Random, retry_after: float | None = None) -> float:
-        """Seconds to wait before retry number ``attempt`` (0-based)."""
-        base = min(self.maximum, self.initial * self.multiplier ** min(attempt, 64))
-        if self.jitter:
-            base *= rng.uniform(0.5, 1.0)
-        if retry_after is not None and retry_after > base:
-            return float(retry_after)
-        return base
 
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -122,6 +116,17 @@ def _headers(value: Any) -> tuple[tuple[str, str], ...]:
                 "surrounding whitespace (a key read from a file with its newline?)"
             )
     return pairs
+
+
+def _subprotocols(value: Any) -> tuple[Any, ...]:
+    if isinstance(value, str):
+        return (value,)  # one name, not its letters
+    try:
+        return tuple(value)
+    except TypeError:
+        raise ConfigError(
+            f"ConnectionSetup.subprotocols must be a string or a sequence of strings, not {type(value).__name__}"
+        ) from None
 
 
 def _redacted(url: str) -> str:
@@ -158,6 +163,24 @@ class ConnectionSetup:
     but healthy connection answers it and never turns stale. ``open_timeout`` bounds dial +
     handshake, ``setup_timeout`` bounds connector + subscriber,
     ``close_timeout`` bounds the close handshake.
+
+    Reconnects: after a session ends, ``policy.decide(cause, attempt)``
+    (:mod:`engine.policy`) says when to retry or to give up; by default
+    :class:`~engine.policy.DefaultPolicy` over ``backoff``, with a server's
+    ``Retry-After`` capped at ``retry_after_cap`` seconds. An attempt counts
+    as a success (the backoff and ``max_attempts`` start over) only once its
+    session stayed live for ``healthy_after`` seconds.
+
+    Requests: ``response_key(message)`` tells which pending
+    ``conn.request(..., key=...)`` a message answers (default: the ``"id"``
+    of a JSON object; it runs only while a request waits);
+    ``response_max_limit`` is the default wait per expected response.
+
+    ``on_state_change``: listener(s) called with every
+    :class:`~engine.events.StateChanged`, from the very first transition.
+
+    ``subprotocols`` is a sequence of names offered in the handshake; a plain
+    string is one name (``"json"`` means ``("json",)``, not its letters).
     """
 
     url: str = attrs.field(repr=lambda url: _redacted(url))
@@ -174,12 +197,18 @@ class ConnectionSetup:
     setup_timeout: float = attrs.field(default=30.0, validator=_positive)
     close_timeout: float = attrs.field(default=5.0, validator=_positive)
     max_message_size: int | None = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=_positive_int_or_none)
-    subprotocols: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    subprotocols: tuple[str, ...] = attrs.field(default=(), converter=_subprotocols)
     # Headers often carry API keys: never shown in reprs.
     extra_headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_headers, repr=False)
     frame_path: str = "fast"
     read_size: int = attrs.field(default=256 * 1024, validator=_positive_int)
     backoff: Backoff = attrs.field(default=_DEFAULT_BACKOFF)
+    policy: ReconnectPolicy | None = attrs.field(default=None, validator=_policy_or_none)
+    healthy_after: float = attrs.field(default=10.0, validator=_non_negative)
+    retry_after_cap: float = attrs.field(default=300.0, validator=_non_negative)
+    response_key: ResponseKey | None = attrs.field(default=None, validator=_callable_or_none)
+    response_max_limit: float = attrs.field(default=10.0, validator=_positive)
+    on_state_change: tuple[Callable[[Any], None], ...] = attrs.field(default=(), converter=_listeners, repr=False)
     ssl_context: ssl.SSLContext | None = attrs.field(default=None, repr=False)
     name: str | None = None
     _url_parsed: URL = attrs.field(init=False, repr=False, eq=False)

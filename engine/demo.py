@@ -11,7 +11,6 @@ Ends by itself within ``duration`` seconds, or on Ctrl-C, with exit code 0
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -63,21 +62,9 @@ async def _subscribe(conn: Connection, subs: list[Any]) -> None:
         request_id = conn.next_id()
         await conn.request(
             {"op": "subscribe", "channel": channel, "symbols": symbols, "id": request_id},
-            match=_answers(request_id),
+            key=request_id,
             timeout=5.0,
         )
-
-
-def _reply_id(message: str | bytes) -> object:
-    try:
-        data = orjson.loads(message)
-    except orjson.JSONDecodeError:
-        return None
-    return data.get("id") if isinstance(data, dict) else None
-
-
-def _answers(request_id: int) -> Callable[[str | bytes], bool]:
-    return lambda message: _reply_id(message) == request_id
 
 
 async def _step(conn: Connection, title: str, *states: State, timeout: float = 6.0) -> None:

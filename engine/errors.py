@@ -1,21 +1,46 @@
-"""The small, named error hierarchy users catch."""
+"""The small, named error hierarchy users catch.
+
+::
+
+    WirestateError
+    ├── ConfigError (also ValueError)        a setup value is invalid
+    ├── ProtocolError                        the WebSocket layer refused (transports.errors)
+    │   ├── InvalidHandshake
+    │   └── InvalidState
+    ├── NotConnected                         a send while no WebSocket is open
+    ├── AuthenticationFailed                 raise it in a connector: a rejected login gives up
+    ├── RequestTimeout (also TimeoutError)   no response within the deadline
+    ├── DuplicateRequest                     a request with that key is already pending
+    └── ConnectionClosed                     the connection stopped; pending work abandoned
+        ├── ConnectionLost                   dropped while a request was pending: outcome unknown
+        └── GaveUp                           the reconnect policy stopped retrying (``.cause``)
+            └── HandshakeRejected            ... because the server refused the upgrade (status)
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from transports.errors import InvalidHandshake, InvalidState, ProtocolError, WirestateError
+
+if TYPE_CHECKING:
+    from engine.causes import Cause, GiveUp
+
 __all__ = [
+    "AuthenticationFailed",
     "ConfigError",
     "ConnectionClosed",
     "ConnectionLost",
+    "DuplicateRequest",
     "GaveUp",
     "HandshakeRejected",
+    "InvalidHandshake",
+    "InvalidState",
     "NotConnected",
+    "ProtocolError",
     "RequestTimeout",
     "WirestateError",
 ]
-
-
-class WirestateError(Exception):
-    """Base of every error wirestate raises on purpose."""
 
 
 class ConfigError(WirestateError, ValueError):
@@ -26,27 +51,62 @@ class NotConnected(WirestateError):
     """A send was attempted while no WebSocket is open (reconnecting, closed, ...)."""
 
 
-class ConnectionClosed(WirestateError):
-    """The connection was closed by the user; pending work was abandoned."""
+class AuthenticationFailed(WirestateError):
+    """Raise from a connector when the exchange rejects the login.
 
-
-class ConnectionLost(ConnectionClosed):
-    """The connection dropped while a request was pending: its outcome is unknown."""
-
-
-class GaveUp(ConnectionClosed):
-    """The connection stopped reconnecting (fatal rejection or retry budget spent)."""
+    The default reconnect policy gives up on it instead of retrying a login
+    that cannot succeed (and that some exchanges punish with a ban).
+    """
 
 
 class RequestTimeout(WirestateError, TimeoutError):
-    """No matching response arrived within the deadline."""
+    """No response arrived within the deadline."""
 
 
-class HandshakeRejected(WirestateError):
-    """The server refused the WebSocket upgrade with an HTTP status."""
+class DuplicateRequest(WirestateError):
+    """A request with the same key is already waiting for its response."""
 
-    def __init__(self, status: int, retry_after: float | None = None) -> None:
+
+class ConnectionClosed(WirestateError):
+    """The connection stopped (closed by the user, or for good); pending work was abandoned.
+
+    ``cause`` is the typed cause (:mod:`engine.causes`) when one is known.
+    """
+
+    def __init__(self, message: str, cause: Cause | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class ConnectionLost(ConnectionClosed):
+    """The connection dropped while a request was pending: its outcome is unknown.
+
+    The order (or subscription) may or may not have reached the exchange.
+    """
+
+
+class GaveUp(ConnectionClosed):
+    """The connection stopped reconnecting; ``cause`` is the policy's :class:`~engine.causes.GiveUp`."""
+
+    cause: GiveUp
+
+
+class HandshakeRejected(GaveUp):
+    """The connection gave up because the server refused the upgrade with HTTP ``status``."""
+
+    def __init__(self, message: str, cause: GiveUp, status: int, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        super().__init__(message, cause)
         self.status = status
-        self.retry_after = retry_after
-        hint = f", retry after {retry_after:g} s" if retry_after is not None else ""
-        super().__init__(f"handshake rejected with HTTP {status}{hint}")
+        self.headers = headers
+
+
+def stopped_error(connection: str, cause: Cause | None) -> ConnectionClosed:
+    """The error that says a connection has stopped, typed by its cause."""
+    from engine.causes import GiveUp, HandshakeRejection
+
+    if isinstance(cause, GiveUp):
+        last = cause.last
+        if isinstance(last, HandshakeRejection):
+            return HandshakeRejected(f"{connection}: {cause}", cause, last.status, last.headers)
+        return GaveUp(f"{connection}: {cause}", cause)
+    return ConnectionClosed(f"{connection}: closed" + (f" ({cause})" if cause is not None else ""), cause)

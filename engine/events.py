@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.causes import Cause
 from machines.connection import State
 
 __all__ = ["StateChanged"]
@@ -14,7 +15,11 @@ class StateChanged:
     """One transition of a connection's state machine.
 
     ``connection`` is the slot's logical id, stable across reconnects; ``at``
-    is the injected clock's time of the change.
+    is the injected clock's time of the change. ``cause`` is the typed cause
+    (:mod:`engine.causes`) on transitions that have one (``lost``,
+    ``give_up``, ``close``, ``closed``); ``reason`` is readable text, and
+    ``delay`` the wait the reconnect policy chose (on ``lost`` when it will
+    retry), already capped.
     """
 
     connection: str
@@ -23,6 +28,8 @@ class StateChanged:
     trigger: str
     reason: str
     at: float
+    cause: Cause | None = None
+    delay: float | None = None
 
     def __str__(self) -> str:
         why = f" ({self.reason})" if self.reason else ""

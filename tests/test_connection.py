@@ -36,7 +36,7 @@ async def subscribe(conn: Connection, subs: list[Any]) -> None:
         rid = conn.next_id()
         await conn.request(
             {"op": "subscribe", "channel": channel, "symbols": symbols, "id": rid},
-            match=lambda m, rid=rid: orjson.loads(m).get("id") == rid,
+            key=rid,
             timeout=5,
         )
 
@@ -229,10 +229,8 @@ async def test_authenticated_connector_logs_in_before_subscribing(sim: SimExchan
 
     async def login(conn: Connection) -> None:
         order.append(conn.state.value)
-        reply = await conn.request(
-            {"op": "login", "key": "k", "signature": "s", "id": conn.next_id()},
-            match=lambda m: orjson.loads(m).get("event") == "login",
-        )
+        rid = conn.next_id()
+        reply = await conn.request({"op": "login", "key": "k", "signature": "s", "id": rid}, key=rid)
         assert orjson.loads(reply)["ok"] is True
 
     async def subscriber(conn: Connection, subs: list[Any]) -> None:
@@ -255,7 +253,7 @@ async def test_request_timeout_and_lost_request(sim: SimExchange) -> None:
         async with Connection(make_setup(), dialer=sim.dialer()) as conn:
             await conn.wait_for(State.LIVE)
             with pytest.raises(RequestTimeout):
-                await conn.request({"op": "nothing-answers-this"}, match=lambda m: False, timeout=2)
+                await conn.request({"op": "nothing-answers-this"}, key="never", timeout=2)
 
 
 async def test_quiet_but_healthy_connection_stays_live_for_an_hour(sim: SimExchange) -> None:
@@ -480,13 +478,14 @@ def test_backoff_validation_and_secrets_not_in_repr() -> None:
     assert dict(setup.extra_headers) == {"X-API-KEY": "s3cret"}
 
 
-async def test_backoff_resets_after_going_live_without_callbacks(sim: SimExchange) -> None:
-    """Each drop after a live session waits the initial backoff again, not a growing one."""
-    setup = make_setup(generate_subscriptions=None, subscriber=None)
+async def test_backoff_resets_after_a_healthy_session_without_callbacks(sim: SimExchange) -> None:
+    """Each drop after a session that stayed live for healthy_after waits the initial backoff again."""
+    setup = make_setup(generate_subscriptions=None, subscriber=None, healthy_after=5.0)
     with anyio.fail_after(120):
         async with Connection(setup, dialer=sim.dialer()) as conn:
             for _ in range(3):
                 await conn.wait_for(State.LIVE)
+                await anyio.sleep(5.0)
                 sim.drop()
                 await conn.wait_for(State.RECONNECTING)
                 lost_at = anyio.current_time()

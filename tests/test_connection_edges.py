@@ -15,6 +15,7 @@ import wsproto
 import wsproto.events as wse
 import wsproto.utilities
 
+from engine.causes import OpenTimeout
 from engine import Backoff, ConfigError, Connection, ConnectionSetup, NotConnected, State
 from engine.sim import SimExchange
 from transports.base import URL, ByteStream
@@ -329,7 +330,8 @@ async def test_open_timeout_ends_the_attempt_and_retries(stage: str) -> None:
                 await conn.wait_for(State.CONNECTING)
                 await conn.wait_for(State.RECONNECTING)
     lost = [e for e in conn.history if e.trigger == "lost"]
-    assert lost[0].reason == "no handshake within open_timeout=4 s"
+    assert lost[0].cause == OpenTimeout(4.0)
+    assert lost[0].reason.startswith("no handshake within open_timeout=4 s; retry in 1.000 s")
     assert lost[0].at - start == pytest.approx(4.0)
     # each attempt: 4 s open timeout + 1 s backoff
     assert [d - start for d in dials[:3]] == pytest.approx([0.0, 5.0, 10.0])
@@ -419,8 +421,8 @@ async def test_answer_in_the_open_deadline_iteration_is_a_timeout_not_a_dropped_
     with anyio.fail_after(60):
         async with Connection(setup, dialer=dial) as conn:
             await conn.wait_for(State.RECONNECTING)
-    trail = [(e.trigger, e.reason) for e in conn.history]
-    assert trail[:2] == [("connect", ""), ("lost", "no handshake within open_timeout=10 s")]
+    trail = [(e.trigger, e.cause) for e in conn.history]
+    assert trail[:2] == [("connect", None), ("lost", OpenTimeout(10.0))]
     assert "opened" not in [t for t, _ in trail]
 
 

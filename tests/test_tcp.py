@@ -47,7 +47,7 @@ async def test_connection_over_real_loopback(anyio_backend: str) -> None:
     async def subscribe(conn: Connection, subs: list[Any]) -> None:
         await conn.request(
             {"op": "subscribe", "channel": "trades", "symbols": ["BTC-USD"], "id": 1},
-            match=lambda m: orjson.loads(m).get("id") == 1,
+            key=1,
             timeout=5,
         )
 

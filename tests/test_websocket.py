@@ -9,6 +9,7 @@ import h11
 import pytest
 
 from transports.frames import OP_BINARY, OP_CONT, OP_PING, OP_PONG, OP_TEXT, encode_close, encode_frame
+from transports.errors import InvalidState
 from transports.websocket import (
     Accepted,
     ClientProtocol,
@@ -230,7 +231,7 @@ def test_sent_frames_are_masked_and_roundtrip(path: str) -> None:
 
 def test_cannot_send_before_open_or_after_close() -> None:
     proto = ClientProtocol("h")
-    with pytest.raises(ConnectionError):
+    with pytest.raises(InvalidState):
         proto.send_text("x")
     with pytest.raises(ValueError):
         proto.send_close(1005)

@@ -11,6 +11,8 @@ import anyio
 from anyio.abc import ByteStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from transports.base import Capabilities
+
 __all__ = ["MemoryByteStream", "memory_pair"]
 
 
@@ -21,6 +23,9 @@ class MemoryByteStream(ByteStream):
     ``abort()`` is a reset (the peer's next receive raises
     :class:`anyio.BrokenResourceError`).
     """
+
+    #: writes never split under cancellation; closing never waits
+    capabilities = Capabilities(atomic_send=True, instant_close=True)
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ import ssl
 import anyio
 from anyio.abc import ByteStream
 
-from transports.base import URL, Dialer, running_asyncio_loop
+from transports.base import URL, Capabilities, Dialer, running_asyncio_loop
 
 __all__ = ["AsyncioByteStream", "dial_tcp", "tcp_dialer"]
 
@@ -94,6 +94,9 @@ def _expire(waiter: asyncio.Future[bool]) -> None:
 
 class AsyncioByteStream(ByteStream):
     """An anyio :class:`ByteStream` over a native asyncio TCP transport."""
+
+    #: writes never split under cancellation; closing never waits
+    capabilities = Capabilities(atomic_send=True, instant_close=True)
 
     __slots__ = ("_transport", "_protocol", "_closing")
 

@@ -27,6 +27,8 @@ What :meth:`receive_data` returns, in order of arrival:
 from __future__ import annotations
 
 import base64
+import datetime
+import email.utils
 import enum
 import hashlib
 import os
@@ -39,6 +41,7 @@ import wsproto.events as wse
 import wsproto.frame_protocol
 import wsproto.utilities
 
+from transports.errors import InvalidHandshake, InvalidState, ProtocolError
 from transports.frames import (
     DEFAULT_MAX_MESSAGE_SIZE,
     OP_BINARY,
@@ -62,10 +65,13 @@ __all__ = [
     "Failure",
     "FRAME_PATHS",
     "InvalidHandshake",
+    "InvalidState",
     "Ping",
     "Pong",
+    "ProtocolError",
     "ProtocolState",
     "Rejected",
+    "is_valid_close_code",
 ]
 
 FRAME_PATHS = ("fast", "wsproto")
@@ -80,10 +86,6 @@ class ProtocolState(enum.IntEnum):
     OPEN = 1
     CLOSING = 2  # a close frame went one way; waiting for the other
     CLOSED = 3  # both close frames exchanged, failed, rejected, or EOF
-
-
-class InvalidHandshake(Exception):
-    """The server's handshake answer is not a valid WebSocket upgrade."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +116,8 @@ class Rejected:
     def retry_after(self) -> float | None:
         """``Retry-After`` in seconds when given as delta-seconds, else None.
 
-        (An HTTP-date form needs a wall clock, which this layer does not have.)
+        An HTTP-date needs a wall clock, which this layer does not have:
+        see :attr:`retry_after_date`.
         """
         value = self.header("retry-after")
         if value is None:
@@ -124,6 +127,20 @@ class Rejected:
         except ValueError:
             return None
         return seconds if seconds >= 0 else None
+
+    @property
+    def retry_after_date(self) -> float | None:
+        """``Retry-After`` as a POSIX timestamp when given as an HTTP-date (RFC 9110 10.2.3), else None."""
+        value = self.header("retry-after")
+        if value is None:
+            return None
+        try:
+            when = email.utils.parsedate_to_datetime(value.strip())
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are GMT
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        return when.timestamp()
 
 
 class ClientProtocol:
@@ -189,7 +206,7 @@ class ClientProtocol:
     def connect(self) -> bytes:
         """The HTTP upgrade request to send first."""
         if self._h11 is None:
-            raise ConnectionError("the handshake was already done")
+            raise InvalidState("the handshake was already done")
         # Handed to h11 as bytes: its str path costs ~2.5 us more per request.
         # (h11 would encode as ASCII too; its messages must not quote a value.)
         try:
@@ -403,7 +420,7 @@ class ClientProtocol:
 
     def _check_open(self) -> None:
         if self.state is not ProtocolState.OPEN:
-            raise ConnectionError(f"cannot send: WebSocket is {self.state.name.lower()}")
+            raise InvalidState(f"cannot send: WebSocket is {self.state.name.lower()}")
 
     def send_text(self, text: str) -> bytes:
         """Frame ``text`` as one text message."""

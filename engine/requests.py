@@ -1,0 +1,123 @@
+"""Request/response correlation by key: one dict lookup per message while requests wait.
+
+A request registers its key *before* its frame is sent, so a fast reply is
+never missed. Incoming messages are offered only while something is pending,
+through one per-connection ``response_key(message)`` (from the setup; by
+default the ``"id"`` of a JSON object): never one matcher per pending request.
+A ``response_key`` that raises on some message (a heartbeat that is not JSON)
+counts as no match: counted, logged once, the stream goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable
+
+import anyio
+import orjson
+
+from engine.errors import DuplicateRequest
+
+__all__ = ["Pending", "Requests", "ResponseKey", "json_id"]
+
+log = logging.getLogger("wirestate.requests")
+
+Message = str | bytes
+#: ``(message) -> key or None``: which pending request a message answers
+ResponseKey = Callable[[Message], Hashable | None]
+
+
+def json_id(message: Message) -> Hashable | None:
+    """The ``"id"`` field of a JSON object message, or None (not JSON, not an object, no id)."""
+    try:
+        decoded = orjson.loads(message)
+    except orjson.JSONDecodeError:
+        return None
+    if type(decoded) is dict:
+        key = decoded.get("id")
+        return key if isinstance(key, Hashable) else None
+    return None
+
+
+class Pending:
+    """One waiting request: its responses so far, and the event that ends the wait."""
+
+    __slots__ = ("key", "expect", "is_final", "responses", "done", "error")
+
+    def __init__(self, key: Hashable, expect: int, is_final: Callable[[Message], bool] | None) -> None:
+        self.key = key
+        self.expect = expect
+        self.is_final = is_final
+        self.responses: list[Message] = []
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+
+
+class Requests:
+    """The pending requests of one connection, by key."""
+
+    __slots__ = ("_pending", "_response_key", "_owner", "key_errors")
+
+    def __init__(self, response_key: ResponseKey, owner: str) -> None:
+        self._pending: dict[Hashable, Pending] = {}
+        self._response_key = response_key
+        self._owner = owner
+        #: messages on which ``response_key`` raised (each treated as no match)
+        self.key_errors = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._pending)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def register(self, key: Hashable, expect: int = 1, is_final: Callable[[Message], bool] | None = None) -> Pending:
+        """Start waiting for ``key``; raises :class:`DuplicateRequest` if it is already pending."""
+        if key in self._pending:
+            raise DuplicateRequest(f"{self._owner}: a request with key {key!r} is already pending")
+        pending = self._pending[key] = Pending(key, expect, is_final)
+        return pending
+
+    def discard(self, pending: Pending) -> None:
+        """Stop waiting (done, timed out or cancelled); later responses go to the handler."""
+        if self._pending.get(pending.key) is pending:
+            del self._pending[pending.key]
+
+    def offer(self, message: Message) -> bool:
+        """True when ``message`` answered a pending request (it is then not delivered to the handler)."""
+        try:
+            key = self._response_key(message)
+        except Exception:
+            self.key_errors += 1
+            if self.key_errors == 1:  # once: a heartbeat format would otherwise flood the log
+                log.warning("%s: response_key raised; such messages count as no match", self._owner, exc_info=True)
+            return False
+        if key is None:
+            return False
+        try:
+            pending = self._pending.get(key)
+        except TypeError:  # an unhashable key from a custom response_key
+            return False
+        if pending is None:
+            return False
+        pending.responses.append(message)
+        final = pending.is_final
+        if len(pending.responses) >= pending.expect or (final is not None and _safe_final(final, message)):
+            del self._pending[key]
+            pending.done.set()
+        return True
+
+    def fail_all(self, error: BaseException) -> None:
+        """End every wait with ``error`` (the connection dropped or closed)."""
+        pending, self._pending = self._pending, {}
+        for waiting in pending.values():
+            waiting.error = error
+            waiting.done.set()
+
+
+def _safe_final(is_final: Callable[[Message], bool], message: Message) -> bool:
+    try:
+        return bool(is_final(message))
+    except Exception:
+        log.warning("is_final raised; treated as not final", exc_info=True)
+        return False
