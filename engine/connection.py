@@ -31,18 +31,20 @@ import anyio.abc
 import anyio.lowlevel
 import orjson
 
-from engine.causes import Cancelled, Cause, GiveUp, UserClose
+from engine.causes import Cancelled, Cause
 from engine.clock import Clock, loop_clock
+from engine.closing import begin_close, leave_block, stop
 from engine.config import ConnectionSetup
 from engine.delivery import Delivery
 from engine.dialing import default_dialer
-from engine.errors import ConnectionClosed, NotConnected, RequestTimeout, stopped_error
+from engine.errors import ConnectionClosed, NotConnected, stopped_error
 from engine.events import StateChanged
-from engine.policy import Decision, DefaultPolicy, ReconnectPolicy, Retry
+from engine.observe import StateListener, Transitions
+from engine.policy import Decision, DefaultPolicy, ReconnectPolicy, Retry, decide_safely
 from engine.requests import Requests, json_id
 from engine.supervisor import supervise
 from engine.tasks import task_identity
-from engine.wire import TRANSPORT_ERRORS, Wire
+from engine.wire import Wire
 from machines.connection import ConnectionModel, State, state_of
 from transports.base import Dialer
 from transports.websocket import ClientProtocol, ProtocolState, is_valid_close_code
@@ -52,8 +54,6 @@ __all__ = ["Connection"]
 log = logging.getLogger("wirestate.connection")
 
 Message = str | bytes
-StateListener = Callable[[StateChanged], None]
-_HISTORY = 256
 
 
 class _Info(NamedTuple):
@@ -88,10 +88,10 @@ class Connection:
     """
 
     __slots__ = (
-        "setup", "url", "id", "history", "subscriptions", "subprotocol", "cause", "failures",
+        "setup", "url", "id", "subscriptions", "subprotocol", "cause", "failures",
         "last_close_received", "last_close_sent", "last_rejection",
         "messages_received", "handler_errors", "sessions",
-        "_dialer", "_clock", "_own_clock", "_wall_clock", "_model", "_listeners", "_changed",
+        "_dialer", "_clock", "_own_clock", "_wall_clock", "_model", "_trail",
         "_policy", "_decision", "_wire", "_pause", "_tg", "_reader_task", "_task_id",
         "_requests", "_delivery", "_ids",
     )  # fmt: skip
@@ -117,21 +117,17 @@ class Connection:
         self._own_clock = clock is None
         self._wall_clock = wall_clock if wall_clock is not None else time.time
         self._model = ConnectionModel(needs_auth=setup.authenticated, listener=self._on_transition)
-        self._listeners: list[StateListener] = list(setup.on_state_change)
+        self._trail = Transitions(self.id, setup.on_state_change)
         self._policy: ReconnectPolicy = (
             setup.policy
             if setup.policy is not None
             else DefaultPolicy(setup.backoff, retry_after_cap=setup.retry_after_cap, rng=rng)
         )
         self._decision: Decision | None = None  # the policy's answer to the last lost session
-        #: the most recent transitions (at most ~2 x 256; a list: an empty deque is 0.6 KiB)
-        self.history: list[StateChanged] = []
         #: the typed cause of the last transition (why it is reconnecting, closing or stopped); None when it had none
         self.cause: Cause | None = None
         #: failed attempts in a row (reset once a session stays live for ``healthy_after``)
         self.failures = 0
-        # anyio primitives need a running event loop and cost ~0.6 KiB each: made when needed.
-        self._changed: anyio.Event | None = None  # set (and dropped) on the next transition
         self._wire: Wire | None = None  # the current session's socket
         self._pause: anyio.CancelScope | None = None  # the policy's wait between sessions
         self._tg: anyio.abc.TaskGroup | None = None  # the run task's owner under ``async with``
@@ -167,14 +163,18 @@ class Connection:
         """Messages on which ``setup.response_key`` raised (each counted as no match)."""
         return self._requests.key_errors
 
+    @property
+    def history(self) -> list[StateChanged]:
+        """The most recent transitions, oldest first (bounded)."""
+        return self._trail.history
+
     def on_state_change(self, listener: StateListener) -> Callable[[], None]:
         """Call ``listener(StateChanged)`` on every transition; returns an unsubscribe function.
 
         Register before starting to see the first transition (or pass
         listeners in ``ConnectionSetup.on_state_change``).
         """
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+        return self._trail.subscribe(listener)
 
     async def wait_for(self, *states: State) -> State:
         """Wait (no polling) until the state is one of ``states``; return it.
@@ -192,28 +192,13 @@ class Connection:
                 return current
             if current is State.DISCONNECTED and self.cause is not None:
                 raise stopped_error(self.id, self.cause)
-            if self._changed is None:
-                self._changed = anyio.Event()
-            await self._changed.wait()
+            await self._trail.next_change()
 
     def _on_transition(self, source: State, dest: State, trigger: str, info: _Info | None) -> None:
         cause, note, delay = info if info is not None else (None, "", None)
-        event = StateChanged(self.id, source, dest, trigger, note or (str(cause) if cause else ""), self._clock(), cause, delay)
         self.cause = cause
-        history = self.history
-        history.append(event)
-        if len(history) > 2 * _HISTORY:
-            del history[:-_HISTORY]
-        changed, self._changed = self._changed, None
-        if changed is not None:
-            changed.set()
-        if log.isEnabledFor(logging.INFO):
-            log.info("%s", event)
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                log.exception("%s: state listener failed", self.id)
+        reason = note or (str(cause) if cause else "")
+        self._trail.record(StateChanged(self.id, source, dest, trigger, reason, self._clock(), cause, delay))
 
     def _fire(self, trigger: str, cause: Cause | None = None, *, note: str = "", delay: float | None = None) -> None:
         """Fire a trigger; one the state does not allow raises (a bug)."""
@@ -233,7 +218,7 @@ class Connection:
         if wire is not None and wire.live_since is not None:
             if self._clock() - wire.live_since >= self.setup.healthy_after:
                 self.failures = 0  # that attempt succeeded: the budget starts over
-        decision = self._decide(cause)
+        decision = decide_safely(self._policy, cause, self.failures, self.id)
         self.failures += 1
         self._decision = decision
         if isinstance(decision, Retry):
@@ -241,19 +226,6 @@ class Connection:
             self._fire("lost", cause, note=f"{cause}; retry in {decision.delay:.3f} s{why}", delay=decision.delay)
         else:
             self._fire("lost", cause, note=f"{cause}; giving up: {decision.reason}")
-
-    def _decide(self, cause: Cause) -> Decision:
-        try:
-            decision = self._policy.decide(cause, self.failures)
-        except Exception as exc:
-            log.exception("%s: the reconnect policy raised; giving up", self.id)
-            return GiveUp(f"the reconnect policy raised {type(exc).__name__}", cause)
-        if isinstance(decision, Retry) and decision.delay >= 0:
-            return decision
-        if isinstance(decision, GiveUp):
-            return decision if decision.last is not None else GiveUp(decision.reason, cause)
-        log.error("%s: the reconnect policy answered %r, not Retry or GiveUp; giving up", self.id, decision)
-        return GiveUp("the reconnect policy gave no valid decision", cause)
 
     def _end_session(self, cause: Cause) -> None:
         """End the current session now (report ``cause``, stop its tasks)."""
@@ -281,43 +253,7 @@ class Connection:
     async def __aexit__(self, *exc_info: Any) -> bool | None:
         tg, self._tg = self._tg, None
         assert tg is not None, "__aexit__ without __aenter__"
-        failure: Exception | None = None
-        try:
-            # Shielded: leaving the block by cancellation still says goodbye, within close_timeout.
-            with anyio.CancelScope(shield=True, deadline=self._clock() + self.setup.close_timeout) as scope:
-                if await self._begin_close(1000, ""):
-                    # The run task sees the close handshake through; the session's
-                    # deadline bounds it if the peer never answers.
-                    wire = self._wire
-                    if wire is not None:
-                        wire.scope.deadline = self._clock() + self.setup.close_timeout
-                else:
-                    self._stop()
-            if scope.cancelled_caught:  # our close frame could not be written in time
-                self._stop()
-        except Exception as exc:  # the run task must still be stopped and joined
-            self._stop()
-            failure = exc
-        try:
-            result = await tg.__aexit__(*exc_info)
-        except BaseExceptionGroup as group:
-            # The task group wraps the body's own exception (on trio, beside the
-            # Cancelled of an outer scope that fired meanwhile): let it through as
-            # it was; an error wins over a cancellation.
-            body_exc, cancelled = exc_info[1], anyio.get_cancelled_exc_class()
-            if any(e is body_exc for e in group.exceptions) and all(
-                e is body_exc or isinstance(e, cancelled) for e in group.exceptions
-            ):
-                if failure is not None:  # the body's error goes on; ours is not lost silently
-                    log.warning("%s: closing on the way out failed", self.id, exc_info=failure)
-                return False
-            raise
-        if failure is not None:
-            raise failure
-        # A scope around the block cancelled while nothing here had to wait
-        # (the run task was already done) is seen now, as at any checkpoint.
-        await anyio.lowlevel.checkpoint_if_cancelled()
-        return result
+        return await leave_block(self, tg, exc_info)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Keep the connection alive until :meth:`close` or give-up.
@@ -379,42 +315,13 @@ class Connection:
 
     async def _wait_stopped(self) -> None:
         while self.state is not State.DISCONNECTED:
-            if self._changed is None:
-                self._changed = anyio.Event()
-            await self._changed.wait()
+            await self._trail.next_change()
 
     async def _begin_close(self, code: int, reason: str) -> bool:
-        """Fire ``close`` (if running) and send our close frame.
-
-        True when the reader will see the close handshake through (the caller
-        then only waits); False when there is nothing to wait for.
-        """
-        if not self._model.may_fire("close"):
-            return False  # never started, already stopped, or already closing
-        self._fire("close", UserClose(code, reason))
-        if self._pause is not None:
-            self._pause.cancel()
-        wire = self._wire
-        if wire is None:
-            return False
-        wire.stop_setup()  # nothing more to set up on a connection that is going away
-        proto = wire.proto
-        if proto is None or proto.state is not ProtocolState.OPEN:
-            return False
-        try:
-            await wire.write_control(proto.send_close(code, reason))
-        except (NotConnected, *TRANSPORT_ERRORS):
-            return False
-        self.last_close_sent = proto.close_sent
-        return True
+        return await begin_close(self, code, reason)
 
     def _stop(self) -> None:
-        """Stop the run task's current work now; the state (closing) keeps it from starting more."""
-        wire = self._wire
-        if wire is not None:
-            wire.scope.cancel()
-        if self._pause is not None:
-            self._pause.cancel()
+        stop(self)
 
     # -- sending and requests -------------------------------------------
 
@@ -485,21 +392,8 @@ class Connection:
         request's outcome is then unknown). Don't await it from inside the
         handler: the handler runs in the reader, which delivers the reply.
         """
-        if isinstance(expect, bool) or not isinstance(expect, int) or expect < 1:
-            raise ValueError(f"expect must be a positive integer, not {expect!r}")
-        limit = timeout if timeout is not None else self.setup.response_max_limit * expect
-        pending = self._requests.register(key, expect, is_final)
-        try:
-            with anyio.CancelScope(deadline=self._clock() + limit):
-                await self.send(payload)
-                await pending.done.wait()
-        finally:
-            self._requests.discard(pending)
-        if pending.error is not None:
-            raise pending.error
-        if not pending.done.is_set():
-            raise RequestTimeout(f"{self.id}: no response to request {key!r} within {limit:g} s")
-        return pending.responses[0] if expect == 1 else list(pending.responses)
+        limit = timeout if timeout is not None else self.setup.response_max_limit * max(1, expect)
+        return await self._requests.request(self.send, payload, key, expect, self._clock() + limit, is_final)
 
 
 def _anyio_task_id() -> int:

@@ -60,7 +60,11 @@ class AuthenticationFailed(WirestateError):
 
 
 class RequestTimeout(WirestateError, TimeoutError):
-    """No response arrived within the deadline."""
+    """No (or not every expected) response arrived within the deadline; ``responses`` holds what came."""
+
+    def __init__(self, message: str, responses: list[str | bytes] | None = None) -> None:
+        super().__init__(message)
+        self.responses: list[str | bytes] = list(responses or ())
 
 
 class DuplicateRequest(WirestateError):

@@ -11,6 +11,7 @@ Pass your own object with a ``decide`` method in ``ConnectionSetup.policy``.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ from engine.causes import (
 )
 from engine.errors import ConfigError
 
-__all__ = ["Backoff", "Decision", "DefaultPolicy", "ReconnectPolicy", "Retry"]
+__all__ = ["Backoff", "Decision", "DefaultPolicy", "ReconnectPolicy", "Retry", "decide_safely"]
+
+log = logging.getLogger("wirestate.policy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,3 +173,18 @@ class DefaultPolicy:
         if isinstance(cause, SetupFailure) and cause.rejected:
             return "authentication was rejected"
         return None
+
+
+def decide_safely(policy: ReconnectPolicy, cause: Cause, attempt: int, owner: str) -> Decision:
+    """``policy.decide``, with a policy bug (it raised, or answered nonsense) turned into a give-up."""
+    try:
+        decision = policy.decide(cause, attempt)
+    except Exception as exc:
+        log.exception("%s: the reconnect policy raised; giving up", owner)
+        return GiveUp(f"the reconnect policy raised {type(exc).__name__}", cause)
+    if isinstance(decision, Retry) and decision.delay >= 0:
+        return decision
+    if isinstance(decision, GiveUp):
+        return decision if decision.last is not None else GiveUp(decision.reason, cause)
+    log.error("%s: the reconnect policy answered %r, not Retry or GiveUp; giving up", owner, decision)
+    return GiveUp("the reconnect policy gave no valid decision", cause)

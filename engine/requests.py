@@ -11,12 +11,13 @@ counts as no match: counted, logged once, the stream goes on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
 
 import anyio
 import orjson
 
-from engine.errors import DuplicateRequest
+from engine.errors import DuplicateRequest, RequestTimeout
 
 __all__ = ["Pending", "Requests", "ResponseKey", "json_id"]
 
@@ -106,6 +107,31 @@ class Requests:
             del self._pending[key]
             pending.done.set()
         return True
+
+    async def request(
+        self,
+        send: Callable[[Any], Awaitable[None]],
+        payload: Any,
+        key: Hashable,
+        expect: int,
+        deadline: float,
+        is_final: Callable[[Message], bool] | None,
+    ) -> Any:
+        """Register ``key``, ``send(payload)``, wait for the response(s) until ``deadline``."""
+        if isinstance(expect, bool) or not isinstance(expect, int) or expect < 1:
+            raise ValueError(f"expect must be a positive integer, not {expect!r}")
+        pending = self.register(key, expect, is_final)
+        try:
+            with anyio.CancelScope(deadline=deadline):  # the send counts too: a blocked send is a timeout
+                await send(payload)
+                await pending.done.wait()
+        finally:
+            self.discard(pending)
+        if pending.error is not None:
+            raise pending.error
+        if not pending.done.is_set():
+            raise RequestTimeout(f"{self._owner}: no response to request {key!r} in time", pending.responses)
+        return pending.responses[0] if expect == 1 else list(pending.responses)
 
     def fail_all(self, error: BaseException) -> None:
         """End every wait with ``error`` (the connection dropped or closed)."""
