@@ -179,6 +179,9 @@ class Connection:
     async def wait_for(self, *states: State) -> State:
         """Wait (no polling) until the state is one of ``states``; return it.
 
+        A state entered and left again while the caller waited counts as
+        reached (the state it returns is then that one, not the current one).
+
         Raises :class:`~engine.errors.GaveUp` (or its subclass
         :class:`~engine.errors.HandshakeRejected`) if the connection gave up,
         :class:`~engine.errors.ConnectionClosed` if it was closed, before
@@ -186,13 +189,21 @@ class Connection:
         """
         if not states:
             raise ValueError("wait_for needs at least one State")
+        trail = self._trail
+        mark = trail.count
         while True:
             current = self.state
             if current in states:
                 return current
+            # A state passed through while this task slept (a refused dial is
+            # connecting and reconnecting again in one step) counts as reached.
+            for event in trail.since(mark):
+                if event.dest in states:
+                    return event.dest
             if current is State.DISCONNECTED and self.cause is not None:
                 raise stopped_error(self.id, self.cause)
-            await self._trail.next_change()
+            mark = trail.count
+            await trail.next_change()
 
     def _on_transition(self, source: State, dest: State, trigger: str, info: _Info | None) -> None:
         cause, note, delay = info if info is not None else (None, "", None)

@@ -26,13 +26,15 @@ _HISTORY = 256
 class Transitions:
     """The transition trail of one connection slot."""
 
-    __slots__ = ("owner", "history", "listeners", "_changed")
+    __slots__ = ("owner", "history", "listeners", "count", "_changed")
 
     def __init__(self, owner: str, listeners: Iterable[StateListener] = ()) -> None:
         self.owner = owner
         #: the most recent transitions (at most ~2 x 256; a list: an empty deque is 0.6 KiB)
         self.history: list[StateChanged] = []
         self.listeners: list[StateListener] = list(listeners)
+        #: transitions recorded so far (a mark for :meth:`since`)
+        self.count = 0
         # An anyio Event needs a running loop and costs ~0.6 KiB: made by the first wait.
         self._changed: anyio.Event | None = None
 
@@ -40,6 +42,7 @@ class Transitions:
         """Keep ``event``, wake waiters, log it at INFO, tell the listeners."""
         history = self.history
         history.append(event)
+        self.count += 1
         if len(history) > 2 * _HISTORY:
             del history[:-_HISTORY]
         changed, self._changed = self._changed, None
@@ -52,6 +55,11 @@ class Transitions:
                 listener(event)
             except Exception:
                 log.exception("%s: state listener failed", self.owner)
+
+    def since(self, mark: int) -> list[StateChanged]:
+        """The transitions recorded after :attr:`count` was ``mark`` (as far as history reaches)."""
+        newer = self.count - mark
+        return self.history[-newer:] if newer > 0 else []
 
     def subscribe(self, listener: StateListener) -> Callable[[], None]:
         """Add a listener; returns the function that removes it."""
