@@ -99,6 +99,8 @@ async def _teardown(conn: Connection, wire: Wire, *, own_cancel: bool) -> None:
                     await wire.write_control(frame)
                 except (NotConnected, *TRANSPORT_ERRORS):
                     pass
+        # (another task may be writing our close frame right now: let it land)
+        await wire.settle()
     finally:
         wire.gate.close()
         if conn._requests:  # (no exception built for nobody)

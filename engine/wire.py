@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import anyio
+import anyio.lowlevel
 
 from engine.causes import Cause, TransportError
 from engine.errors import NotConnected
@@ -114,6 +115,19 @@ class Wire:
     async def write_control(self, data: bytes) -> None:
         """A frame the protocol itself needs out (pong, close, keepalive ping)."""
         await self._write(data)
+
+    async def settle(self, rounds: int = 3) -> None:
+        """Give a write in flight a few scheduling rounds to finish before the stream closes.
+
+        A write that is merely at its checkpoint (another task's close frame,
+        on a stream with room) completes within a round or two; one blocked on
+        a peer that does not read would hold the teardown forever, so after
+        ``rounds`` the stream closes under it (which is what ends it).
+        """
+        for _ in range(rounds):
+            if not self.gate.busy:
+                return
+            await anyio.lowlevel.cancel_shielded_checkpoint()
 
     async def write_data(self, data: bytes) -> None:
         """A frame the application sends; transport errors become :class:`NotConnected`."""

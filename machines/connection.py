@@ -19,6 +19,7 @@ Triggers fire on connection events, never per message. Diagrams in
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,13 @@ __all__ = [
     "build_machine",
     "state_of",
 ]
+
+# transitions logs every callback of every trigger at INFO; an application
+# that turns INFO on wants our one line per state change, not that chatter.
+# Only when nobody configured that logger (its level is still NOTSET).
+_TRANSITIONS_LOG = logging.getLogger("transitions")
+if _TRANSITIONS_LOG.level == logging.NOTSET:
+    _TRANSITIONS_LOG.setLevel(logging.WARNING)
 
 #: raised by :meth:`ConnectionModel.fire` for a trigger the state does not allow (a bug)
 IllegalTransition = MachineError
