@@ -38,4 +38,4 @@ async def supervise(conn: Connection) -> None:
         conn._pause = None
         if conn.state is not State.RECONNECTING:
             return  # closed while waiting
-        conn._fire("retry", note=f"attempt {conn.failures + 1} after {decision.delay:.3f} s")
+        conn._fire("retry", note=f"retry {conn.failures} after {decision.delay:.3f} s")
