@@ -4,8 +4,9 @@ No I/O, no clock, no event loop: the engine feeds received bytes to
 :meth:`ClientProtocol.receive_data` and writes whatever the ``send_*`` methods
 and :meth:`ClientProtocol.data_to_send` return.
 
-The opening handshake is HTTP/1.1 through h11. After it, frames go through one
-of two paths, chosen by ``frame_path``:
+The opening handshake is HTTP/1.1 through h11, in :mod:`transports.handshake`
+(:class:`~transports.handshake.ClientHandshake`, which this class drives).
+After it, frames go through one of two paths, chosen by ``frame_path``:
 
 - ``"fast"`` (default): :mod:`transports.frames`, our own decoder, built for
   the data path and proven equal to wsproto by differential tests and Autobahn;
@@ -26,16 +27,9 @@ What :meth:`receive_data` returns, in order of arrival:
 
 from __future__ import annotations
 
-import base64
-import datetime
-import email.utils
 import enum
-import hashlib
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-import h11
 import wsproto.connection
 import wsproto.events as wse
 import wsproto.frame_protocol
@@ -57,6 +51,7 @@ from transports.frames import (
     encode_frame,
     is_valid_close_code,
 )
+from transports.handshake import Accepted, ClientHandshake, Rejected
 
 __all__ = [
     "Accepted",
@@ -75,8 +70,6 @@ __all__ = [
 ]
 
 FRAME_PATHS = ("fast", "wsproto")
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_MAX_REJECTION_BODY = 64 * 1024
 
 
 class ProtocolState(enum.IntEnum):
@@ -86,61 +79,6 @@ class ProtocolState(enum.IntEnum):
     OPEN = 1
     CLOSING = 2  # a close frame went one way; waiting for the other
     CLOSED = 3  # both close frames exchanged, failed, rejected, or EOF
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """The server accepted the upgrade."""
-
-    subprotocol: str | None
-    headers: tuple[tuple[bytes, bytes], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """The server answered the upgrade with an HTTP status other than 101."""
-
-    status: int
-    headers: tuple[tuple[bytes, bytes], ...]
-    body: bytes = b""
-
-    def header(self, name: str) -> str | None:
-        """The first value of header ``name`` (case-insensitive), or None."""
-        key = name.lower().encode("ascii")
-        for k, v in self.headers:
-            if k.lower() == key:
-                return v.decode("latin-1")
-        return None
-
-    @property
-    def retry_after(self) -> float | None:
-        """``Retry-After`` in seconds when given as delta-seconds, else None.
-
-        An HTTP-date needs a wall clock, which this layer does not have:
-        see :attr:`retry_after_date`.
-        """
-        value = self.header("retry-after")
-        if value is None:
-            return None
-        try:
-            seconds = float(value.strip())
-        except ValueError:
-            return None
-        return seconds if seconds >= 0 else None
-
-    @property
-    def retry_after_date(self) -> float | None:
-        """``Retry-After`` as a POSIX timestamp when given as an HTTP-date (RFC 9110 10.2.3), else None."""
-        value = self.header("retry-after")
-        if value is None:
-            return None
-        try:
-            when = email.utils.parsedate_to_datetime(value.strip())
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-        if when.tzinfo is None:  # RFC 9110 dates are GMT
-            when = when.replace(tzinfo=datetime.timezone.utc)
-        return when.timestamp()
 
 
 class ClientProtocol:
@@ -159,8 +97,8 @@ class ClientProtocol:
 
     __slots__ = (
         "host", "resource", "subprotocols", "extra_headers", "max_message_size", "frame_path", "state",
-        "subprotocol", "close_received", "close_sent", "controls", "_key", "_h11", "_rejection",
-        "_rejection_body", "_outgoing", "_decoder", "_ws", "_partial", "_partial_size",
+        "subprotocol", "close_received", "close_sent", "controls", "_key", "_handshake", "_outgoing",
+        "_decoder", "_ws", "_partial", "_partial_size",
     )  # fmt: skip
 
     def __init__(
@@ -189,10 +127,9 @@ class ClientProtocol:
         #: (code, reason) of the close frame received / sent, if any
         self.close_received: tuple[int, str] | None = None
         self.close_sent: tuple[int, str] | None = None
-        self._key = base64.b64encode(os.urandom(16))
-        self._h11: h11.Connection | None = h11.Connection(h11.CLIENT)
-        self._rejection: tuple[int, tuple[tuple[bytes, bytes], ...]] | None = None
-        self._rejection_body: list[bytes] = []
+        # HTTP upgrade in progress; None once accepted (its buffers are not kept).
+        self._handshake: ClientHandshake | None = ClientHandshake()
+        self._key = self._handshake.key  # the Sec-WebSocket-Key sent
         self._outgoing = bytearray()
         self._decoder: FrameDecoder | None = None
         self._ws: wsproto.connection.Connection | None = None
@@ -205,85 +142,28 @@ class ClientProtocol:
 
     def connect(self) -> bytes:
         """The HTTP upgrade request to send first."""
-        if self._h11 is None:
+        if self._handshake is None:
             raise InvalidState("the handshake was already done")
-        # Handed to h11 as bytes: its str path costs ~2.5 us more per request.
-        # (h11 would encode as ASCII too; its messages must not quote a value.)
-        try:
-            headers = [
-                (b"Host", self.host.encode("ascii")),
-                (b"Upgrade", b"websocket"),
-                (b"Connection", b"Upgrade"),
-                (b"Sec-WebSocket-Key", self._key),
-                (b"Sec-WebSocket-Version", b"13"),
-            ]
-            if self.subprotocols:
-                headers.append((b"Sec-WebSocket-Protocol", ", ".join(self.subprotocols).encode("ascii")))
-            headers.extend((name.encode("ascii"), value.encode("ascii")) for name, value in self.extra_headers)
-            request = h11.Request(method=b"GET", target=self.resource.encode("ascii"), headers=headers)
-        except (UnicodeEncodeError, h11.LocalProtocolError):
-            # h11's message quotes the offending value, which may be a secret.
-            raise ValueError(
-                "invalid handshake request: a header name or value, or the target, is not allowed"
-            ) from None
-        return self._h11.send(request) or b""
+        return self._handshake.request(self.host, self.resource, self.subprotocols, self.extra_headers)
 
     def _receive_handshake(self, data: bytes) -> list[object]:
-        assert self._h11 is not None
-        self._h11.receive_data(data)
-        while True:
-            try:
-                event = self._h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                self.state = ProtocolState.CLOSED
-                raise InvalidHandshake(f"malformed HTTP response: {exc}") from None
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return []
-            if isinstance(event, h11.InformationalResponse):
-                if event.status_code == 101:
-                    return self._accept(event)
-                continue  # 1xx other than 101: ignore, the real answer follows
-            if isinstance(event, h11.Response):
-                self._rejection = (event.status_code, tuple(event.headers))
-            elif isinstance(event, h11.Data):
-                if sum(map(len, self._rejection_body)) < _MAX_REJECTION_BODY:
-                    self._rejection_body.append(bytes(event.data))
-            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                return self._finish_rejection()
-
-    def _finish_rejection(self) -> list[object]:
-        self.state = ProtocolState.CLOSED
-        if self._rejection is None:
-            raise InvalidHandshake("connection closed before the handshake answer")
-        status, headers = self._rejection
-        body = b"".join(self._rejection_body)[:_MAX_REJECTION_BODY]
-        return [Rejected(status, headers, body)]
-
-    def _accept(self, response: h11.InformationalResponse) -> list[object]:
-        headers: dict[bytes, bytes] = {}
-        for name, value in response.headers:
-            headers.setdefault(name.lower(), value)
-        self.state = ProtocolState.CLOSED  # until proven valid
-        if b"upgrade" not in [t.strip().lower() for t in headers.get(b"connection", b"").split(b",")]:
-            raise InvalidHandshake("101 response without 'Connection: Upgrade'")
-        if headers.get(b"upgrade", b"").lower() != b"websocket":
-            raise InvalidHandshake("101 response without 'Upgrade: websocket'")
-        expected = base64.b64encode(hashlib.sha1(self._key + _GUID).digest())
-        if headers.get(b"sec-websocket-accept", b"").strip() != expected:
-            raise InvalidHandshake("101 response with a wrong Sec-WebSocket-Accept")
-        if b"sec-websocket-extensions" in headers:
-            raise InvalidHandshake("server accepted an extension we did not offer")
-        chosen = headers.get(b"sec-websocket-protocol")
-        if chosen is not None:
-            protocol = chosen.decode("ascii", "replace").strip()
-            if protocol not in self.subprotocols:
-                raise InvalidHandshake(f"server chose subprotocol {protocol!r}, which we did not offer")
-            self.subprotocol = protocol
+        handshake = self._handshake
+        assert handshake is not None
+        try:
+            outcome = handshake.receive_data(data, self.subprotocols)
+        except InvalidHandshake:
+            self.state = ProtocolState.CLOSED
+            raise
+        if outcome is None:
+            return []
+        if isinstance(outcome, Rejected):
+            self.state = ProtocolState.CLOSED
+            return [outcome]
+        self.subprotocol = outcome.subprotocol
         self.state = ProtocolState.OPEN
-        assert self._h11 is not None
-        trailing = self._h11.trailing_data[0]
-        self._h11 = None  # done with HTTP: don't keep its buffers for the connection's life
-        events: list[object] = [Accepted(self.subprotocol, tuple(response.headers))]
+        trailing = handshake.trailing
+        self._handshake = None  # done with HTTP: don't keep its buffers for the connection's life
+        events: list[object] = [outcome]
         if self.frame_path == "fast":
             self._decoder = FrameDecoder(self.max_message_size)
         else:
@@ -318,12 +198,9 @@ class ClientProtocol:
 
     def receive_eof(self) -> list[object]:
         """The peer closed the byte stream."""
-        if self.state is ProtocolState.CONNECTING and self._h11 is not None:
-            self._h11.receive_data(b"")
-            if self._rejection is not None:
-                return self._finish_rejection()
+        if self.state is ProtocolState.CONNECTING and self._handshake is not None:
             self.state = ProtocolState.CLOSED
-            raise InvalidHandshake("connection closed before the handshake answer")
+            return [self._handshake.receive_eof()]  # or InvalidHandshake: no answer at all
         self.state = ProtocolState.CLOSED
         self._decoder = None
         return []
