@@ -19,8 +19,7 @@ from engine.errors import ConfigError
 from engine.policy import Backoff, ReconnectPolicy
 from engine.requests import ResponseKey
 from transports.base import URL, InvalidURL, parse_url
-from transports.frames import DEFAULT_MAX_MESSAGE_SIZE
-from transports.websocket import FRAME_PATHS
+from transports.websocket import DEFAULT_MAX_MESSAGE_SIZE, FRAME_PATHS
 
 if TYPE_CHECKING:
     from engine.connection import Connection

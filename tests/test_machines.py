@@ -76,3 +76,11 @@ def test_random_walks_stay_in_the_table(needs_auth: bool, steps: list[str]) -> N
             assert model.state == before
     if model.state in {s.value for s in SESSION_STATES}:
         assert model.may_fire("lost") and model.may_fire("close")
+
+
+def test_no_decision_flag_shadows_a_state() -> None:
+    """The flags the refit removed stay gone: closing, started, done are machine states."""
+    from engine.connection import Connection
+
+    shadows = {"_close_requested", "_closing", "_session_end", "_started", "_done", "_setting_up", "_peer_gone", "_delivering"}
+    assert not shadows & set(Connection.__slots__)

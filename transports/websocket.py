@@ -54,6 +54,7 @@ from transports.frames import (
 from transports.handshake import Accepted, ClientHandshake, Rejected
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
     "Accepted",
     "ClientProtocol",
     "Close",
