@@ -311,6 +311,12 @@ class Connection:
         if len(reason.encode("utf-8")) > 123:
             raise ValueError("close reason is limited to 123 UTF-8 bytes")
         in_reader = self._task_id() == self._reader_task
+        if self.state is State.DISCONNECTED:
+            return  # never started, or already stopped
+        if self.state is State.CLOSING:  # another close is under way: don't cut it short
+            if not in_reader:
+                await self._wait_stopped()
+            return
         try:
             with anyio.CancelScope(deadline=self._clock() + self.setup.close_timeout):
                 if await self._begin_close(code, reason) and not in_reader:
@@ -403,7 +409,9 @@ class Connection:
         request's outcome is then unknown). Don't await it from inside the
         handler: the handler runs in the reader, which delivers the reply.
         """
-        limit = timeout if timeout is not None else self.setup.response_max_limit * max(1, expect)
+        if isinstance(expect, bool) or not isinstance(expect, int) or expect < 1:
+            raise ValueError(f"expect must be a positive integer, not {expect!r}")
+        limit = timeout if timeout is not None else self.setup.response_max_limit * expect
         return await self._requests.request(self.send, payload, key, expect, self._clock() + limit, is_final)
 
 

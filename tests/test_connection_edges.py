@@ -474,3 +474,19 @@ async def test_outer_deadline_during_a_blocked_close_is_caught_by_its_scope(peer
     assert outer.cancelled_caught
     assert took == pytest.approx(1.0, abs=0.01)
     assert conn.state is State.DISCONNECTED
+
+
+async def test_a_second_close_waits_for_the_first_instead_of_cutting_it_short() -> None:
+    async with SimExchange() as sim:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                conn = Connection(setup_for(), dialer=sim.dialer())
+                await tg.start(conn.run)
+                await conn.wait_for(State.LIVE)
+                tg.start_soon(conn.close, 4000, "first")
+                await anyio.sleep(0)
+                await conn.close(4001, "second")
+                assert conn.state is State.DISCONNECTED
+    assert conn.last_close_sent == (4000, "first")
+    assert conn.last_close_received == (4000, "first")  # the handshake completed
+    assert [e.trigger for e in conn.history].count("close") == 1
