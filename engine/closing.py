@@ -22,14 +22,14 @@ from engine.wire import TRANSPORT_ERRORS
 from transports.websocket import ProtocolState
 
 if TYPE_CHECKING:
-    from engine.connection import Connection
+    from engine.host import SessionHost
 
 __all__ = ["begin_close", "leave_block", "stop"]
 
 log = logging.getLogger("wirestate.connection")
 
 
-async def begin_close(conn: Connection, code: int, reason: str) -> bool:
+async def begin_close(conn: SessionHost, code: int, reason: str) -> bool:
     """Fire ``close`` (if the connection runs and is not closing yet) and send our close frame.
 
     True when the reader will see the close handshake through (the caller
@@ -56,7 +56,7 @@ async def begin_close(conn: Connection, code: int, reason: str) -> bool:
     return True
 
 
-def stop(conn: Connection) -> None:
+def stop(conn: SessionHost) -> None:
     """Stop the run task's current work now; the state (closing) keeps it from starting more."""
     wire = conn._wire
     if wire is not None:
@@ -65,7 +65,7 @@ def stop(conn: Connection) -> None:
         conn._pause.cancel()
 
 
-async def leave_block(conn: Connection, tg: anyio.abc.TaskGroup, exc_info: Any) -> bool | None:
+async def leave_block(conn: SessionHost, tg: anyio.abc.TaskGroup, exc_info: Any) -> bool | None:
     """``__aexit__``: close politely (bounded, shielded), then join the run task's group."""
     failure: Exception | None = None
     try:

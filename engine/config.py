@@ -10,7 +10,7 @@ import inspect
 import re
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import cattrs
@@ -21,16 +21,14 @@ from engine.requests import ResponseKey
 from transports.base import URL, InvalidURL, parse_url
 from transports.websocket import DEFAULT_MAX_MESSAGE_SIZE, FRAME_PATHS
 
-if TYPE_CHECKING:
-    from engine.connection import Connection
-
 __all__ = ["Backoff", "ConnectionSetup", "structure"]
 
 Message = str | bytes
-Handler = Callable[["Connection", Message], Awaitable[None] | None]
-BatchHandler = Callable[["Connection", list[Message]], Awaitable[None] | None]
-Hook = Callable[["Connection"], Awaitable[None]]
-Subscriber = Callable[["Connection", list[Any]], Awaitable[None]]
+# The first argument is the Connection (typed Any here: the setup sits below the connection).
+Handler = Callable[[Any, Message], Awaitable[None] | None]
+BatchHandler = Callable[[Any, list[Message]], Awaitable[None] | None]
+Hook = Callable[[Any], Awaitable[None]]
+Subscriber = Callable[[Any, list[Any]], Awaitable[None]]
 
 
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:

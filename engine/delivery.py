@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from engine.config import is_async
 
 if TYPE_CHECKING:
-    from engine.connection import Connection
+    from engine.host import SessionHost
 
 __all__ = ["Deliver", "Delivery"]
 
@@ -32,7 +32,7 @@ class Delivery:
 
     __slots__ = ("conn", "deliver")
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: SessionHost) -> None:
         self.conn = conn
         self.deliver: Deliver = self._build()
 

@@ -23,7 +23,7 @@ from transports.base import ByteStream, deadline_receiver
 from transports.websocket import ClientProtocol, Close, Failure, ProtocolState
 
 if TYPE_CHECKING:
-    from engine.connection import Connection
+    from engine.host import SessionHost
 
 __all__ = ["read"]
 
@@ -32,7 +32,7 @@ log = logging.getLogger("wirestate.connection")
 _LIVE, _STALE = State.LIVE.value, State.STALE.value
 
 
-async def read(conn: Connection, wire: Wire, leftovers: list[object]) -> None:
+async def read(conn: SessionHost, wire: Wire, leftovers: list[object]) -> None:
     """Read until the session ends (see the module doc)."""
     stream, proto = wire.stream, wire.proto
     assert stream is not None and proto is not None
@@ -85,7 +85,7 @@ async def read(conn: Connection, wire: Wire, leftovers: list[object]) -> None:
         wire.last_rx = clock()
 
 
-def _done(conn: Connection, wire: Wire, cause: Cause) -> None:
+def _done(conn: SessionHost, wire: Wire, cause: Cause) -> None:
     """The reader ends the session: report why, stop a setup still running."""
     conn._lose(cause)
     wire.stop_setup()
@@ -97,14 +97,14 @@ def _eof_cause(proto: ClientProtocol) -> Cause:
     return ClosedByPeer(1006)
 
 
-async def _ping(conn: Connection, wire: Wire, proto: ClientProtocol) -> bool:
+async def _ping(conn: SessionHost, wire: Wire, proto: ClientProtocol) -> bool:
     """Send a ping if the WebSocket is open; False when that ended the session."""
     if proto.state is not ProtocolState.OPEN:
         return True
     return await _reader_write(conn, wire, proto.send_ping(b"wirestate"), "ping")
 
 
-async def _reader_write(conn: Connection, wire: Wire, data: bytes, what: str) -> bool:
+async def _reader_write(conn: SessionHost, wire: Wire, data: bytes, what: str) -> bool:
     """A control write by the reader, bounded so that a peer that stops reading
     (or a send stuck ahead of it) cannot stall liveness. False: the session ended."""
     grace = conn.setup.pong_timeout
@@ -120,7 +120,7 @@ async def _reader_write(conn: Connection, wire: Wire, data: bytes, what: str) ->
     return True
 
 
-async def _dispatch(conn: Connection, wire: Wire, proto: ClientProtocol, items: list[object]) -> bool:
+async def _dispatch(conn: SessionHost, wire: Wire, proto: ClientProtocol, items: list[object]) -> bool:
     """Slow path: a read with control events or pending requests. True: the session is over."""
     messages: list[str | bytes] = []
     requests = conn._requests

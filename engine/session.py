@@ -27,14 +27,14 @@ from machines.connection import SESSION_STATES, State
 from transports.websocket import ProtocolState
 
 if TYPE_CHECKING:
-    from engine.connection import Connection
+    from engine.host import SessionHost
 
 __all__ = ["run_session"]
 
 log = logging.getLogger("wirestate.connection")
 
 
-async def run_session(conn: Connection) -> None:
+async def run_session(conn: SessionHost) -> None:
     """Run one session; on return the machine is in ``reconnecting`` or ``closing``."""
     setup = conn.setup
     conn.sessions += 1
@@ -50,7 +50,7 @@ async def run_session(conn: Connection) -> None:
         conn._lose(OpenTimeout(setup.open_timeout))
 
 
-async def _open_and_run(conn: Connection, wire: Wire) -> None:
+async def _open_and_run(conn: SessionHost, wire: Wire) -> None:
     setup = conn.setup
     try:
         stream, proto, leftovers = await open_websocket(setup, conn._dialer, conn._wall_clock)
@@ -80,7 +80,7 @@ _OPENING = frozenset({State.CONNECTING.value})
 _SETTING_UP = frozenset({State.AUTHENTICATING, State.SUBSCRIBING})
 
 
-async def _teardown(conn: Connection, wire: Wire, *, own_cancel: bool) -> None:
+async def _teardown(conn: SessionHost, wire: Wire, *, own_cancel: bool) -> None:
     """Goodbye if still open, fail what waits on this session, close the stream."""
     proto, stream = wire.proto, wire.stream
     try:
@@ -110,14 +110,14 @@ async def _teardown(conn: Connection, wire: Wire, *, own_cancel: bool) -> None:
         await close_quietly(stream)
 
 
-def _no_setup(conn: Connection) -> None:
+def _no_setup(conn: SessionHost) -> None:
     if conn.state is State.AUTHENTICATING:
         conn._fire("authenticated", note="no connector")
     conn.subscriptions = []
     conn._went_live()
 
 
-async def _set_up(conn: Connection, wire: Wire) -> None:
+async def _set_up(conn: SessionHost, wire: Wire) -> None:
     """Connector (while authenticating), then subscriber; then live, or end the session."""
     setup = conn.setup
     phase = conn.state.value

@@ -16,12 +16,12 @@ from engine.session import run_session
 from machines.connection import State
 
 if TYPE_CHECKING:
-    from engine.connection import Connection
+    from engine.host import SessionHost
 
 __all__ = ["supervise"]
 
 
-async def supervise(conn: Connection) -> None:
+async def supervise(conn: SessionHost) -> None:
     """Run sessions until the connection is closing or the policy gives up."""
     while conn.state is State.CONNECTING:
         await run_session(conn)

@@ -484,7 +484,7 @@ async def test_a_second_close_waits_for_the_first_instead_of_cutting_it_short() 
                 await tg.start(conn.run)
                 await conn.wait_for(State.LIVE)
                 tg.start_soon(conn.close, 4000, "first")
-                await anyio.sleep(0)
+                await conn.wait_for(State.CLOSING)
                 await conn.close(4001, "second")
                 assert conn.state is State.DISCONNECTED
     assert conn.last_close_sent == (4000, "first")
