@@ -1,11 +1,8 @@
 """The connection state machine (DESIGN section 2).
 
 One stock :class:`transitions.Machine` is built from :data:`STATES` and
-:data:`TRANSITIONS` and shared by every connection: building a Machine per
-connection costs far more than a transition. Models are driven through the
-machine's public events (``MACHINE.events[trigger].trigger(model)``) rather
-than ``add_model``, which binds ~30 callables onto every model (~10 KiB per
-connection, measured) and keeps a list that must be scanned on removal.
+:data:`TRANSITIONS` (a :class:`machines.table.Table`) and shared by every
+connection; models are driven through its public events.
 
 The machine is the authority: a trigger the current state does not allow
 raises :class:`transitions.MachineError` (``ignore_invalid_triggers`` is off).
@@ -19,11 +16,12 @@ Triggers fire on connection events, never per message. Diagrams in
 from __future__ import annotations
 
 import enum
-import logging
 from collections.abc import Callable
 from typing import Any
 
-from transitions import EventData, Machine, MachineError
+from transitions import Machine, MachineError
+
+from machines.table import Table, TableModel
 
 __all__ = [
     "ConnectionModel",
@@ -37,13 +35,6 @@ __all__ = [
     "build_machine",
     "state_of",
 ]
-
-# transitions logs every callback of every trigger at INFO; an application
-# that turns INFO on wants our one line per state change, not that chatter.
-# Only when nobody configured that logger (its level is still NOTSET).
-_TRANSITIONS_LOG = logging.getLogger("transitions")
-if _TRANSITIONS_LOG.level == logging.NOTSET:
-    _TRANSITIONS_LOG.setLevel(logging.WARNING)
 
 #: raised by :meth:`ConnectionModel.fire` for a trigger the state does not allow (a bug)
 IllegalTransition = MachineError
@@ -95,82 +86,32 @@ TRANSITIONS: tuple[dict[str, Any], ...] = (
     {"trigger": "closed", "source": State.CLOSING, "dest": State.DISCONNECTED},
 )
 
-TRIGGERS: tuple[str, ...] = tuple(dict.fromkeys(t["trigger"] for t in TRANSITIONS))
-
-
-def _sources(transition: dict[str, Any]) -> list[str]:
-    source = transition["source"]
-    return [s.value for s in source] if isinstance(source, list) else [source.value]
-
-
-# (trigger, state value) pairs the table allows: may_fire() asks this, not the library's internals.
-_ALLOWED: frozenset[tuple[str, str]] = frozenset((t["trigger"], s) for t in TRANSITIONS for s in _sources(t))
+TABLE = Table("connection", State, TRANSITIONS, State.DISCONNECTED, "machines/connection.py")
+TRIGGERS: tuple[str, ...] = TABLE.triggers
 
 #: ``(source, dest, trigger, info)``, called after every transition; ``info`` is what fire() got.
 Listener = Callable[[State, State, str, Any], None]
 
 
-class ConnectionModel:
+class ConnectionModel(TableModel):
     """The per-connection model the shared machine drives.
 
     ``needs_auth`` selects the authenticated route out of ``connecting``;
     ``listener`` hears every transition with the ``info`` it was fired with
     (the engine passes the typed cause there: this module knows no engine types).
-    Keeps default identity equality and no ``__slots__``, as ``transitions``
-    requires.
     """
 
+    table = TABLE
+
     def __init__(self, *, needs_auth: bool = False, listener: Listener | None = None) -> None:
-        # The machine runs on plain string states (the enum values).
-        self.state: str = State.DISCONNECTED.value
+        super().__init__(listener)
         self.needs_auth = needs_auth
-        self.listener = listener
-
-    def may_fire(self, trigger: str) -> bool:
-        """Whether the current state has a transition on ``trigger``."""
-        return (trigger, self.state) in _ALLOWED
-
-    def fire(self, trigger: str, info: Any = None) -> None:
-        """Fire ``trigger``; raises :data:`IllegalTransition` when the state does not allow it."""
-        MACHINE.events[trigger].trigger(self, info=info)
-
-    def _after_change(self, event: EventData) -> None:
-        transition = event.transition
-        if self.listener is not None and transition is not None:
-            dest = transition.dest or transition.source  # (an internal transition stays put)
-            self.listener(_BY_VALUE[transition.source], _BY_VALUE[dest], event.event.name, event.kwargs.get("info"))
-
-
-def _after_change(event: EventData) -> None:
-    model = event.model
-    assert isinstance(model, ConnectionModel)
-    model._after_change(event)
-
-
-def _plain(transition: dict[str, Any]) -> dict[str, Any]:
-    """A transition with its State members as plain strings."""
-    plain = dict(transition)
-    for key in ("source", "dest"):
-        value = plain[key]
-        plain[key] = [s.value for s in value] if isinstance(value, list) else value.value
-    return plain
 
 
 def build_machine(machine_class: type[Machine] = Machine, **extra: Any) -> Machine:
     """A Machine over the connection tables (``model=None``: models are driven through its events)."""
-    return machine_class(
-        model=extra.pop("model", None),
-        states=[state.value for state in STATES],
-        transitions=[_plain(t) for t in TRANSITIONS],
-        initial=State.DISCONNECTED.value,
-        auto_transitions=False,
-        ignore_invalid_triggers=False,
-        send_event=True,
-        # A callable, not a method name: spares a getattr per transition.
-        after_state_change=_after_change,
-        **extra,
-    )
+    return TABLE.build(machine_class, **extra)
 
 
 #: The machine every connection model is driven by.
-MACHINE: Machine = build_machine()
+MACHINE: Machine = TABLE.machine

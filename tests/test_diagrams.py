@@ -10,7 +10,10 @@ from pathlib import Path
 
 from engine.cli import main
 from machines.connection import STATES, TRANSITIONS, TRIGGERS
-from machines.diagrams import connection_mermaid
+import pytest
+
+from machines.diagrams import TABLES, connection_mermaid, mermaid
+from machines.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,3 +50,16 @@ def test_layer_rules_hold() -> None:
     assert exe, "import-linter is part of the test extra"
     result = subprocess.run([exe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("table", TABLES, ids=lambda t: t.name)
+def test_every_machine_is_drawn_with_exactly_its_edges(table: Table) -> None:
+    text = mermaid(table)
+    edges = set(re.findall(r"^\s+(\w+) --> (\w+): (\w+)", text, re.M))
+    expected = set()
+    for t in table.transitions:
+        sources = t["source"] if isinstance(t["source"], list) else [t["source"]]
+        for source in sources:
+            expected.add((source.value, t["dest"].value, t["trigger"]))
+    assert edges == expected
+    assert set(re.findall(r'^\s+state "(\w+)" as', text, re.M)) == {s.value for s in table.states}

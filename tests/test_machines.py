@@ -23,6 +23,10 @@ from machines.connection import (
     IllegalTransition,
     State,
 )
+from machines.diagrams import TABLES as TABLES_UNDER_TEST
+from machines.manager import ManagerModel
+from machines.subscription import SubscriptionModel, SubState
+from machines.table import Table
 
 
 def test_the_machine_is_stock_transitions_with_every_state() -> None:
@@ -84,3 +88,23 @@ def test_no_decision_flag_shadows_a_state() -> None:
 
     shadows = {"_close_requested", "_closing", "_session_end", "_started", "_done", "_setting_up", "_peer_gone", "_delivering"}
     assert not shadows & set(Connection.__slots__)
+
+
+@pytest.mark.parametrize("table", TABLES_UNDER_TEST, ids=lambda t: t.name)
+def test_may_fire_agrees_with_the_library_for_every_machine(table: Table) -> None:
+    for state in table.states:
+        allowed = set(table.machine.get_triggers(state.value))
+        assert {t for t in table.triggers if (t, state.value) in table.allowed} == allowed
+
+
+def test_subscription_and_manager_models_raise_on_illegal_triggers() -> None:
+    sub = SubscriptionModel()
+    with pytest.raises(IllegalTransition):
+        sub.fire("acked")
+    sub.fire("send")
+    sub.fire("acked")
+    assert sub.state == SubState.SUBSCRIBED.value
+    manager = ManagerModel()
+    with pytest.raises(IllegalTransition):
+        manager.fire("stopped")
+    assert manager.may_fire("start") and not manager.may_fire("shutdown")

@@ -1,0 +1,108 @@
+"""One way to define a machine: a table of transitions, run by the stock ``transitions`` Machine.
+
+Every machine kind (connection, subscription, manager) is a :class:`Table`:
+states as a ``str`` Enum, transitions as dicts, one shared
+:class:`transitions.Machine` for all models of that kind (built with
+``model=None``: models are driven through its public events, not bound with
+``add_model``, which costs ~10 KiB per model). An illegal trigger raises
+:class:`transitions.MachineError`; :meth:`Table.may_fire` answers from the
+table itself, for the places that fire speculatively on purpose.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from transitions import EventData, Machine
+
+__all__ = ["Table", "TableModel"]
+
+# transitions logs every callback of every trigger at INFO; an application
+# that turns INFO on wants our one line per state change, not that chatter.
+# Only when nobody configured that logger (its level is still NOTSET).
+_TRANSITIONS_LOG = logging.getLogger("transitions")
+if _TRANSITIONS_LOG.level == logging.NOTSET:
+    _TRANSITIONS_LOG.setLevel(logging.WARNING)
+
+
+def _values(states: Any) -> list[str]:
+    return [s.value for s in states] if isinstance(states, list) else [states.value]
+
+
+class TableModel:
+    """A model a :class:`Table` drives: ``state`` (the value string) and an optional listener.
+
+    Keeps default identity equality and no ``__slots__``, as ``transitions`` requires.
+    """
+
+    table: Table  # set by subclasses (class attribute)
+
+    def __init__(self, listener: Callable[[Any, Any, str, Any], None] | None = None) -> None:
+        self.state: str = self.table.initial.value
+        self.listener = listener
+
+    def may_fire(self, trigger: str) -> bool:
+        """Whether the current state has a transition on ``trigger``."""
+        return (trigger, self.state) in self.table.allowed
+
+    def fire(self, trigger: str, info: Any = None) -> None:
+        """Fire ``trigger``; raises :class:`transitions.MachineError` when the state does not allow it."""
+        self.table.machine.events[trigger].trigger(self, info=info)
+
+
+class Table:
+    """A machine kind: its states, its transition table, and the one Machine that runs it."""
+
+    def __init__(
+        self,
+        name: str,
+        states: type[enum.Enum],
+        transitions: Sequence[dict[str, Any]],
+        initial: enum.Enum,
+        source_file: str,
+    ) -> None:
+        self.name = name
+        self.states: tuple[Any, ...] = tuple(states)
+        self.by_value: dict[str, Any] = {s.value: s for s in self.states}
+        self.transitions = tuple(transitions)
+        self.initial = initial
+        self.source_file = source_file
+        self.triggers: tuple[str, ...] = tuple(dict.fromkeys(t["trigger"] for t in self.transitions))
+        self.allowed: frozenset[tuple[str, str]] = frozenset(
+            (t["trigger"], s) for t in self.transitions for s in _values(t["source"])
+        )
+        self.machine: Machine = self.build()
+
+    def build(self, machine_class: type[Machine] = Machine, **extra: Any) -> Machine:
+        """A Machine over this table (``model=None`` unless ``model=`` is given: diagrams pass one)."""
+        return machine_class(
+            model=extra.pop("model", None),
+            states=[s.value for s in self.states],
+            transitions=[self._plain(t) for t in self.transitions],
+            initial=self.initial.value,
+            auto_transitions=False,
+            ignore_invalid_triggers=False,
+            send_event=True,
+            after_state_change=self._after_change,  # a callable: spares a getattr per transition
+            **extra,
+        )
+
+    def _after_change(self, event: EventData) -> None:
+        model = event.model
+        transition = event.transition
+        listener = getattr(model, "listener", None)
+        if listener is not None and transition is not None:
+            dest = transition.dest or transition.source  # (an internal transition stays put)
+            by_value = self.by_value
+            listener(by_value[transition.source], by_value[dest], event.event.name, event.kwargs.get("info"))
+
+    @staticmethod
+    def _plain(transition: dict[str, Any]) -> dict[str, Any]:
+        plain = dict(transition)
+        for key in ("source", "dest"):
+            value = plain[key]
+            plain[key] = _values(value) if isinstance(value, list) else value.value
+        return plain
