@@ -173,6 +173,14 @@ class ConnectionSetup:
     of a JSON object; it runs only while a request waits);
     ``response_max_limit`` is the default wait per expected response.
 
+    Under a :class:`~engine.manager.Manager`: ``unsubscriber(conn, subs)``
+    sends unsubscribes; ``subscriptions_not_required`` marks a connection
+    that exists only for requests (orders); ``message_filter`` is a tag
+    ``Manager.get_connection(filter)`` matches; ``rate_limit`` is reserved
+    for the send path. A setup without a handler is a template the manager
+    completes with its global callbacks; :class:`~engine.connection.Connection`
+    itself needs one.
+
     ``on_state_change``: listener(s) called with every
     :class:`~engine.events.StateChanged`, from the very first transition.
 
@@ -206,6 +214,10 @@ class ConnectionSetup:
     response_key: ResponseKey | None = attrs.field(default=None, validator=_callable_or_none)
     response_max_limit: float = attrs.field(default=10.0, validator=_positive)
     on_state_change: tuple[Callable[[Any], None], ...] = attrs.field(default=(), converter=_listeners, repr=False)
+    unsubscriber: Subscriber | None = attrs.field(default=None, validator=_async_or_none)
+    subscriptions_not_required: bool = False
+    message_filter: Any = None
+    rate_limit: Any = None
     ssl_context: ssl.SSLContext | None = attrs.field(default=None, repr=False)
     name: str | None = None
     _url_parsed: URL = attrs.field(init=False, repr=False, eq=False)
@@ -216,8 +228,8 @@ class ConnectionSetup:
         except InvalidURL as exc:
             raise ConfigError(f"ConnectionSetup.url: {exc}") from None
         object.__setattr__(self, "_url_parsed", parsed)  # frozen: set once here
-        if (self.handler is None) == (self.batch_handler is None):
-            raise ConfigError("ConnectionSetup needs exactly one of handler= or batch_handler= (messages must go somewhere)")
+        if self.handler is not None and self.batch_handler is not None:
+            raise ConfigError("ConnectionSetup takes one of handler= or batch_handler=, not both")
         if self.frame_path not in FRAME_PATHS:
             raise ConfigError(f"ConnectionSetup.frame_path must be one of {FRAME_PATHS}, not {self.frame_path!r}")
         if not isinstance(self.backoff, Backoff):

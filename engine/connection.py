@@ -37,7 +37,7 @@ from engine.closing import begin_close, leave_block, stop
 from engine.config import ConnectionSetup
 from engine.delivery import Delivery
 from engine.dialing import default_dialer
-from engine.errors import ConnectionClosed, NotConnected, stopped_error
+from engine.errors import ConfigError, ConnectionClosed, NotConnected, stopped_error
 from engine.events import StateChanged
 from engine.observe import StateListener, Transitions
 from engine.policy import Decision, DefaultPolicy, ReconnectPolicy, Retry, decide_safely
@@ -108,6 +108,8 @@ class Connection:
     ) -> None:
         if not isinstance(setup, ConnectionSetup):
             raise TypeError(f"Connection needs a ConnectionSetup, not {type(setup).__name__}")
+        if setup.handler is None and setup.batch_handler is None:
+            raise ConfigError("ConnectionSetup needs one of handler= or batch_handler= (messages must go somewhere)")
         self.setup = setup
         self.url = setup.parsed_url
         # Not the full URL: paths and queries often carry tokens (listen keys).
