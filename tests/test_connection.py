@@ -454,8 +454,7 @@ async def test_handler_errors_are_counted_not_fatal(sim: SimExchange, caplog: py
         ({"url": "wss://user:pw@host/"}, "credentials"),
         ({"url": "ws://host:99999/"}, "url"),
         ({"traffic_timeout": 0}, "traffic_timeout must be a positive number"),
-        ({"handler": None}, "exactly one of handler"),
-        ({"batch_handler": lambda c, b: None}, "exactly one of handler"),
+        ({"batch_handler": lambda c, b: None}, "one of handler= or batch_handler=, not both"),
         ({"connector": lambda c: None}, "async function"),
         ({"frame_path": "turbo"}, "frame_path"),
         ({"subscriber": None}, "needs a subscriber"),
@@ -468,6 +467,12 @@ def test_config_errors_are_readable(overrides: dict[str, Any], message: str | No
         return
     with pytest.raises(ConfigError, match=message):
         make_setup(**overrides)
+
+
+def test_a_connection_needs_a_handler_but_a_template_does_not() -> None:
+    template = make_setup(handler=None)  # a manager completes it with its global handler
+    with pytest.raises(ConfigError, match="needs one of handler= or batch_handler="):
+        Connection(template)
 
 
 def test_backoff_validation_and_secrets_not_in_repr() -> None:
