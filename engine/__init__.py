@@ -6,7 +6,7 @@ Public API (also importable from :mod:`wirestate`)::
 """
 
 from engine import causes
-from engine.config import ConnectionSetup
+from engine.config import ConnectionSetup, WebsocketSetup
 from engine.connection import Connection
 from engine.errors import (
     AuthenticationFailed,
@@ -14,6 +14,7 @@ from engine.errors import (
     ConnectionClosed,
     ConnectionLost,
     DuplicateRequest,
+    DuplicateSubscription,
     GaveUp,
     HandshakeRejected,
     InvalidHandshake,
@@ -21,11 +22,16 @@ from engine.errors import (
     NotConnected,
     ProtocolError,
     RequestTimeout,
+    SubscriptionError,
+    SubscriptionFailed,
+    SubscriptionNotFound,
     WirestateError,
 )
 from engine.events import StateChanged
+from engine.manager import ConnectionInfo, Manager, SubscriptionInfo
 from engine.policy import Backoff, DefaultPolicy, ReconnectPolicy, Retry
 from engine.requests import json_id
+from engine.subscriptions import Subscription
 from machines.connection import State
 
 __all__ = [
@@ -37,7 +43,10 @@ __all__ = [
     "ConnectionLost",
     "ConnectionSetup",
     "DefaultPolicy",
+    "ConnectionInfo",
     "DuplicateRequest",
+    "DuplicateSubscription",
+    "Manager",
     "GaveUp",
     "HandshakeRejected",
     "InvalidHandshake",
@@ -49,6 +58,12 @@ __all__ = [
     "Retry",
     "State",
     "StateChanged",
+    "Subscription",
+    "SubscriptionError",
+    "SubscriptionFailed",
+    "SubscriptionInfo",
+    "SubscriptionNotFound",
+    "WebsocketSetup",
     "WirestateError",
     "causes",
     "json_id",

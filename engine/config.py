@@ -21,7 +21,7 @@ from engine.requests import ResponseKey
 from transports.base import URL, InvalidURL, parse_url
 from transports.websocket import DEFAULT_MAX_MESSAGE_SIZE, FRAME_PATHS
 
-__all__ = ["Backoff", "ConnectionSetup", "structure"]
+__all__ = ["Backoff", "ConnectionSetup", "WebsocketSetup", "structure"]
 
 Message = str | bytes
 # The first argument is the Connection (typed Any here: the setup sits below the connection).
@@ -246,6 +246,53 @@ class ConnectionSetup:
     def parsed_url(self) -> URL:
         """The URL, parsed."""
         return self._url_parsed
+
+
+def _exchange(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"WebsocketSetup.exchange must be a non-empty name, not {value!r}")
+
+
+@attrs.frozen
+class WebsocketSetup:
+    """One exchange's streaming setup, for a :class:`~engine.manager.Manager`.
+
+    Two styles, as in GoCryptoTrader's stream package:
+
+    - single (``use_multi_connection_management=False``): the callbacks here
+      (``connector``, ``subscriber``, ``unsubscriber``,
+      ``generate_subscriptions``, ``handler``/``batch_handler``) serve every
+      connection added with :meth:`~engine.manager.Manager.add_connection`
+      (typically one public and one ``authenticated`` private connection);
+    - multi (``True``): each :class:`ConnectionSetup` brings its own callbacks
+      (spot and futures side by side); the ones here are not used.
+
+    ``max_subscriptions_per_connection`` (None: no limit) shards a setup's
+    subscriptions over as many connections to its URL as needed.
+    ``traffic_timeout`` applies to every managed connection;
+    ``connection_monitor_interval`` is how often the manager looks for enabled
+    connections that are down and not coming back, to start them again.
+    ``fills_feed``, ``trade_feed`` and ``orderbook`` are read by the data path.
+    """
+
+    exchange: str = attrs.field(validator=_exchange)
+    use_multi_connection_management: bool = False
+    max_subscriptions_per_connection: int | None = attrs.field(default=None, validator=_positive_int_or_none)
+    traffic_timeout: float = attrs.field(default=30.0, validator=_positive)
+    connection_monitor_interval: float = attrs.field(default=2.0, validator=_positive)
+    fills_feed: bool = False
+    trade_feed: bool = False
+    orderbook: Any = None
+    connector: Hook | None = attrs.field(default=None, validator=_async_or_none)
+    subscriber: Subscriber | None = attrs.field(default=None, validator=_async_or_none)
+    unsubscriber: Subscriber | None = attrs.field(default=None, validator=_async_or_none)
+    generate_subscriptions: Callable[[], Sequence[Any]] | None = attrs.field(default=None, validator=_callable_or_none)
+    handler: Handler | None = attrs.field(default=None, validator=_callable_or_none)
+    batch_handler: BatchHandler | None = attrs.field(default=None, validator=_callable_or_none)
+
+    def __attrs_post_init__(self) -> None:
+        if self.handler is not None and self.batch_handler is not None:
+            raise ConfigError("WebsocketSetup takes one of handler= or batch_handler=, not both")
 
 
 _converter = cattrs.Converter(forbid_extra_keys=True)

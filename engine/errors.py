@@ -11,6 +11,9 @@
     ├── AuthenticationFailed                 raise it in a connector: a rejected login gives up
     ├── RequestTimeout (also TimeoutError)   no response within the deadline
     ├── DuplicateRequest                     a request with that key is already pending
+    ├── SubscriptionError                    (``keys`` names them)
+    │   ├── DuplicateSubscription, SubscriptionNotFound
+    │   └── SubscriptionFailed               rejected, or the subscriber raised
     └── ConnectionClosed                     the connection stopped; pending work abandoned
         ├── ConnectionLost                   dropped while a request was pending: outcome unknown
         └── GaveUp                           the reconnect policy stopped retrying (``.cause``)
@@ -32,6 +35,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionLost",
     "DuplicateRequest",
+    "DuplicateSubscription",
     "GaveUp",
     "HandshakeRejected",
     "InvalidHandshake",
@@ -39,6 +43,9 @@ __all__ = [
     "NotConnected",
     "ProtocolError",
     "RequestTimeout",
+    "SubscriptionError",
+    "SubscriptionFailed",
+    "SubscriptionNotFound",
     "WirestateError",
 ]
 
@@ -57,6 +64,26 @@ class AuthenticationFailed(WirestateError):
     The default reconnect policy gives up on it instead of retrying a login
     that cannot succeed (and that some exchanges punish with a ban).
     """
+
+
+class SubscriptionError(WirestateError):
+    """A subscription operation failed; ``keys`` names the subscriptions."""
+
+    def __init__(self, message: str, keys: tuple[object, ...] = ()) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
+class DuplicateSubscription(SubscriptionError):
+    """A subscription with that key is already in the ledger."""
+
+
+class SubscriptionNotFound(SubscriptionError):
+    """No subscription with that key is in the ledger."""
+
+
+class SubscriptionFailed(SubscriptionError):
+    """The exchange rejected the subscribe (or the subscriber raised)."""
 
 
 class RequestTimeout(WirestateError, TimeoutError):

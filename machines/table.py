@@ -48,6 +48,11 @@ class TableModel:
         """Whether the current state has a transition on ``trigger``."""
         return (trigger, self.state) in self.table.allowed
 
+    def transitioned(self, source: Any, dest: Any, trigger: str, info: Any) -> None:
+        """Called after every transition; tells the listener (override to add more)."""
+        if self.listener is not None:
+            self.listener(source, dest, trigger, info)
+
     def fire(self, trigger: str, info: Any = None) -> None:
         """Fire ``trigger``; raises :class:`transitions.MachineError` when the state does not allow it."""
         self.table.machine.events[trigger].trigger(self, info=info)
@@ -91,13 +96,12 @@ class Table:
         )
 
     def _after_change(self, event: EventData) -> None:
-        model = event.model
         transition = event.transition
-        listener = getattr(model, "listener", None)
-        if listener is not None and transition is not None:
+        if transition is not None:
             dest = transition.dest or transition.source  # (an internal transition stays put)
             by_value = self.by_value
-            listener(by_value[transition.source], by_value[dest], event.event.name, event.kwargs.get("info"))
+            model: TableModel = event.model  # type: ignore[assignment]  # (transitions is untyped)
+            model.transitioned(by_value[transition.source], by_value[dest], event.event.name, event.kwargs.get("info"))
 
     @staticmethod
     def _plain(transition: dict[str, Any]) -> dict[str, Any]:

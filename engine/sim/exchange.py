@@ -108,6 +108,8 @@ class SimExchange:
         self._rng = random.Random(seed)
         self._tg: TaskGroup | None = None
         self._live: list[Session] = []
+        # every accepted session, in order (the server-side log; bounded for long runs)
+        self._sessions: deque[Session] = deque(maxlen=10_000)
         self._rejections: deque[Rejection] = deque()
         self._raw: deque[bytes] = deque()
         self._accepted = 0
@@ -191,6 +193,7 @@ class SimExchange:
             return self._rejections.popleft()
         self._accepted += 1
         self._live.append(session)
+        self._sessions.append(session)
         self._notify()
         rng = random.Random(self._rng.getrandbits(64))
         return Acceptance(rng, self._raw.popleft() if self._raw else b"")
@@ -207,6 +210,12 @@ class SimExchange:
             self._changed = None
 
     # -- fault controls ----------------------------------------------------------
+
+    def drop_one(self, index: int = 0) -> None:
+        """Reset one live connection (``index`` in accept order among the live ones), without a close frame."""
+        session = self._live.pop(index)
+        session.reset()
+        self._notify()
 
     def drop(self) -> None:
         """Reset every live connection, without a close frame.
@@ -267,6 +276,11 @@ class SimExchange:
     def connections(self) -> int:
         """Currently open client connections (handshake accepted, not yet ended)."""
         return len(self._live)
+
+    @property
+    def log(self) -> list[list[tuple[float, str]]]:
+        """What each accepted connection sent, in accept order: ``[(time, text), ...]`` per connection."""
+        return [session.received for session in self._sessions]
 
     @property
     def accepted(self) -> int:

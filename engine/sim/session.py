@@ -145,6 +145,8 @@ class Session:
         self.authenticated = False
         #: Data messages written to the stream so far.
         self.data_sent = 0
+        #: Every text message this client sent: ``(anyio.current_time(), text)``, in order.
+        self.received: list[tuple[float, str]] = []
 
     # -- views ---------------------------------------------------------------
 
@@ -299,7 +301,9 @@ class Session:
         if isinstance(last, wse.BytesMessage):
             request: dialect.Request = dialect.Invalid(dialect.BAD_REQUEST, "binary messages are not supported")
         else:
-            request = dialect.parse_request("".join(cast("list[str]", parts)), self._symbols)
+            text = "".join(cast("list[str]", parts))
+            self.received.append((anyio.current_time(), text))
+            request = dialect.parse_request(text, self._symbols)
         await self._carry_out(request)
 
     async def _on_close(self, event: wse.CloseConnection) -> bool:

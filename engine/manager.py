@@ -1,0 +1,389 @@
+"""Manager: one exchange's connections, and a subscription ledger that survives everything.
+
+::
+
+    manager = Manager(WebsocketSetup(exchange="sim", max_subscriptions_per_connection=2, ...))
+    manager.add_connection(ConnectionSetup(url="wss://...", ...))
+    async with manager:                        # connect, log in, subscribe the generated set
+        await manager.subscribe([Subscription("trades", "ETH-USD")])
+        await manager.unsubscribe([...])
+
+The manager owns a task group; each connection (a *slot*) runs in it with a
+stable logical id (``"<setup name>#<n>"``). Subscriptions are placed on spare
+capacity first, then on new connections to the same URL; a connection emptied
+by unsubscribes closes with 1000 and is not redialled. When one connection
+drops, only it reconnects, and its session subscribes exactly the ledger's
+subscriptions for it. State changes of every connection arrive at
+:meth:`Manager.on_state_change` listeners.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from engine.clock import Clock
+from engine.config import ConnectionSetup, WebsocketSetup
+from engine.connection import Connection
+from engine.errors import (
+    ConfigError,
+    ConnectionClosed,
+    DuplicateSubscription,
+    NotConnected,
+    RequestTimeout,
+    SubscriptionFailed,
+    SubscriptionNotFound,
+    WirestateError,
+)
+from engine.events import StateChanged
+from engine.ledger import SETTLED, Entry, Ledger
+from engine.slots import ConnectionInfo, Group, Slot, send_subscribe, send_unsubscribe, slot_setup
+from engine.subscriptions import Subscription, SubscriptionInfo, listed, names
+from machines.connection import State
+from machines.manager import ManagerModel, ManagerState
+from machines.subscription import SubState
+from transports.base import Dialer
+
+__all__ = ["ConnectionInfo", "Manager", "SubscriptionInfo"]
+
+log = logging.getLogger("wirestate.manager")
+
+
+class Manager:
+    """Coordinates one exchange's connections and subscriptions (see the module doc).
+
+    Args:
+        setup: the exchange's :class:`WebsocketSetup`.
+        dialer, clock, rng: passed to every connection (tests inject the
+            simulator's dialer and a seeded rng).
+    """
+
+    def __init__(
+        self,
+        setup: WebsocketSetup,
+        *,
+        dialer: Dialer | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not isinstance(setup, WebsocketSetup):
+            raise ConfigError(f"Manager needs a WebsocketSetup, not {type(setup).__name__}")
+        self.setup = setup
+        self._dialer = dialer
+        self._clock = clock
+        self._rng = rng
+        self._model = ManagerModel(self._on_manager_change)
+        self._groups: dict[str, Group] = {}
+        self._slots: dict[str, Slot] = {}
+        self._ledger = Ledger(self._on_subscription_change)
+        self._listeners: list[Callable[[StateChanged], None]] = []
+        self._changed: anyio.Event | None = None  # set on any connection or subscription change
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    def __repr__(self) -> str:
+        return f"<Manager {self.setup.exchange!r} {self.state.value}, {len(self._slots)} connections>"
+
+    # -- setup -------------------------------------------------------------
+
+    def add_connection(self, setup: ConnectionSetup, *, name: str | None = None) -> str:
+        """Add a connection setup (before start); returns its name (``setup.name`` or ``"conn<n>"``)."""
+        if self._model.state != ManagerState.STOPPED.value:
+            raise WirestateError(f"add_connection while the manager is {self.state.value}: add setups before start")
+        name = name or setup.name or f"conn{len(self._groups) + 1}"
+        if name in self._groups:
+            raise ConfigError(f"a connection setup named {name!r} was already added")
+        self._groups[name] = Group.complete(name, setup, self.setup)
+        return name
+
+    # -- observation -------------------------------------------------------
+
+    @property
+    def state(self) -> ManagerState:
+        """The manager machine's state."""
+        return ManagerState(self._model.state)
+
+    def on_state_change(self, listener: Callable[[StateChanged], None]) -> Callable[[], None]:
+        """Hear every connection's state changes (one stream for all); returns an unsubscribe function."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def connections(self) -> list[ConnectionInfo]:
+        """Every managed connection: id, setup name, state, number of subscriptions."""
+        return [ConnectionInfo(s.id, s.group.name, s.state, self._ledger.count(s.id)) for s in self._slots.values()]
+
+    def subscriptions(self) -> list[SubscriptionInfo]:
+        """Every subscription in the ledger with its state and connection."""
+        return [SubscriptionInfo(e.sub, e.sub_state, e.slot, e.error) for e in self._ledger.entries()]
+
+    def connection(self, connection_id: str) -> Connection:
+        """The Connection behind a logical id."""
+        try:
+            return self._slots[connection_id].conn
+        except KeyError:
+            raise WirestateError(f"no connection {connection_id!r} (have {sorted(self._slots)})") from None
+
+    def get_connection(self, message_filter: Any = None) -> Connection:
+        """A streaming connection to send on: the first whose setup's ``message_filter`` equals the given one."""
+        for slot in self._slots.values():
+            if slot.group.setup.message_filter == message_filter and slot.streaming:
+                return slot.conn
+        for slot in self._slots.values():
+            if slot.group.setup.message_filter == message_filter:
+                return slot.conn
+        raise WirestateError(f"no connection with message_filter {message_filter!r}")
+
+    async def wait_for(self, connection_id: str, *states: State) -> State:
+        """Wait until connection ``connection_id`` is in one of ``states``."""
+        return await self.connection(connection_id).wait_for(*states)
+
+    def diagram(self) -> str:
+        """A Mermaid state diagram of the connections now (one line per connection)."""
+        lines = ["stateDiagram-v2"]
+        for slot in self._slots.values():
+            node = slot.id.replace("#", "_").replace("-", "_")
+            lines.append(f'  state "{slot.id}: {slot.state.value}" as {node}')
+        return "\n".join(lines)
+
+    def _on_manager_change(self, source: Any, dest: Any, trigger: str, info: Any) -> None:
+        log.info("manager %s: %s -> %s on %s", self.setup.exchange, source, dest, trigger)
+
+    def _on_connection_change(self, event: StateChanged) -> None:
+        slot = self._slots.get(event.connection)
+        if slot is not None and event.trigger in ("lost", "close"):
+            for entry in self._ledger.of_slot(slot.id):
+                entry.fire_if("connection_lost")
+        self._wake()
+        if slot is not None and event.trigger == "subscribed" and self._tg is not None:
+            if self._ledger.pending(slot.id):  # placed while the session was subscribing
+                self._tg.start_soon(self._catch_up, slot)
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("manager %s: state listener failed", self.setup.exchange)
+
+    def _on_subscription_change(self, entry: Entry, source: SubState, dest: SubState, trigger: str) -> None:
+        self._wake()
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
+
+    async def _next_change(self) -> None:
+        if self._changed is None:
+            self._changed = anyio.Event()
+        await self._changed.wait()
+
+    # -- lifetime ----------------------------------------------------------
+
+    async def __aenter__(self) -> Manager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        with anyio.CancelScope(shield=True):
+            await self.shutdown()
+        tg, self._tg = self._tg, None
+        assert tg is not None
+        return await tg.__aexit__(*exc_info)
+
+    async def start(self, *, timeout: float | None = None) -> None:
+        """Connect every setup, log in private ones, subscribe the generated set; return when all are live.
+
+        Connections that cannot come up keep trying per their policy; ``timeout``
+        bounds the wait for live (None: each setup's open + setup timeouts).
+        """
+        if not self._groups:
+            raise ConfigError("the manager has no connection setups: call add_connection() first")
+        self._model.fire("start")
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        for group in self._groups.values():
+            if group.setup.subscriptions_not_required:
+                self._new_slot(group)
+        await self.flush(wait=False)
+        bound = timeout if timeout is not None else max(g.setup.open_timeout + g.setup.setup_timeout for g in self._groups.values())
+        with anyio.move_on_after(bound):
+            while not all(s.streaming or s.stopped for s in self._slots.values()):
+                await self._next_change()
+        self._model.fire("started")
+
+    async def shutdown(self) -> None:
+        """Close every connection (1000, bounded by their close timeouts); idempotent."""
+        if not self._model.may_fire("shutdown"):
+            return
+        self._model.fire("shutdown")
+        async with anyio.create_task_group() as tg:
+            for slot in list(self._slots.values()):
+                tg.start_soon(slot.conn.close)
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+        self._model.fire("stopped")
+
+    def _new_slot(self, group: Group) -> Slot:
+        assert self._tg is not None, "slots are made while the manager runs"
+        slot_id = group.new_slot_id()
+        setup = slot_setup(group, slot_id, self._ledger, (self._on_connection_change,))
+        conn = Connection(setup, dialer=self._dialer, clock=self._clock, id=slot_id, rng=self._rng)
+        slot = Slot(slot_id, group, conn)
+        group.slots.append(slot)
+        self._slots[slot_id] = slot
+        self._tg.start_soon(self._run_slot, slot)
+        return slot
+
+    async def _run_slot(self, slot: Slot) -> None:
+        with anyio.CancelScope() as scope:
+            slot.scope = scope
+            await slot.conn.run()
+
+    async def _retire(self, slot: Slot) -> None:
+        """Close an emptied connection with 1000; it is not redialled."""
+        slot.enabled = False
+        self._slots.pop(slot.id, None)
+        if slot in slot.group.slots:
+            slot.group.slots.remove(slot)
+        await slot.conn.close(1000, "no subscriptions left")
+
+    async def _catch_up(self, slot: Slot) -> None:
+        subscriber = slot.group.setup.subscriber
+        if subscriber is not None and slot.streaming:
+            try:
+                await send_subscribe(slot.conn, self._ledger.pending(slot.id), subscriber)
+            except (NotConnected, ConnectionClosed):
+                pass  # the next session sends them
+
+    # -- subscriptions -----------------------------------------------------
+
+    def _group_for(self, group: str | None, authenticated: bool) -> Group:
+        if group is not None:
+            try:
+                return self._groups[group]
+            except KeyError:
+                raise ConfigError(f"no connection setup named {group!r} (have {sorted(self._groups)})") from None
+        for candidate in self._groups.values():
+            if not candidate.setup.subscriptions_not_required and candidate.setup.authenticated == authenticated:
+                return candidate
+        kind = "an authenticated" if authenticated else "a public"
+        raise ConfigError(f"no connection setup takes subscriptions on {kind} connection")
+
+    def _place(self, group: Group, subs: list[Subscription]) -> dict[str, list[Entry]]:
+        """Spare capacity first, then new connections; returns the new entries by slot."""
+        placed: dict[str, list[Entry]] = {}
+        capacity = group.capacity
+        for sub in subs:
+            slot = next(
+                (s for s in group.slots if s.enabled and (capacity is None or self._ledger.count(s.id) < capacity)),
+                None,
+            )
+            if slot is None:
+                slot = self._new_slot(group)
+            placed.setdefault(slot.id, []).append(self._ledger.add(sub, slot.id, group.name))
+        return placed
+
+    async def subscribe(
+        self, subs: Iterable[Subscription], *, group: str | None = None, wait: bool = True, timeout: float | None = None
+    ) -> None:
+        """Add subscriptions (to setup ``group``, default the first that takes subscriptions).
+
+        Raises :class:`DuplicateSubscription` (nothing added) if a key is
+        already in the ledger or repeated. With ``wait`` it returns once each
+        is acked, raising :class:`SubscriptionFailed` naming the rejected ones
+        or :class:`RequestTimeout` naming the unanswered ones after ``timeout``
+        (default: the setup's open + setup timeouts).
+        """
+        subs = listed(subs)
+        if not subs:
+            return
+        if self._model.state not in (ManagerState.STARTING.value, ManagerState.RUNNING.value):
+            raise WirestateError(f"subscribe while the manager is {self.state.value}")
+        keys = [s.key for s in subs]
+        dupes = tuple(k for i, k in enumerate(keys) if k in self._ledger or k in keys[:i])
+        if dupes:
+            raise DuplicateSubscription(f"already subscribed: {names(subs, dupes)}", dupes)
+        kinds = {s.authenticated for s in subs}
+        if group is None and len(kinds) > 1:
+            # private ones go to the authenticated setup: one call per kind
+            await self.subscribe([s for s in subs if s.authenticated], wait=wait, timeout=timeout)
+            await self.subscribe([s for s in subs if not s.authenticated], wait=wait, timeout=timeout)
+            return
+        chosen = self._group_for(group, kinds.pop() if kinds else False)
+        placed = self._place(chosen, subs)
+        subscriber = chosen.setup.subscriber
+        assert subscriber is not None
+        async with anyio.create_task_group() as tg:
+            for slot_id, entries in placed.items():
+                slot = self._slots[slot_id]
+                if slot.streaming:
+                    tg.start_soon(send_subscribe, slot.conn, entries, subscriber)
+        if wait:
+            bound = timeout if timeout is not None else chosen.setup.open_timeout + chosen.setup.setup_timeout
+            await self._settle([e for entries in placed.values() for e in entries], bound)
+
+    async def _settle(self, entries: list[Entry], bound: float) -> None:
+        with anyio.move_on_after(bound):
+            while not all(e.state in SETTLED for e in entries):
+                await self._next_change()
+        failed = tuple(e.sub.key for e in entries if e.state == SubState.FAILED.value)
+        if failed:
+            errors = "; ".join(f"{e.sub}: {e.error}" for e in entries if e.state == SubState.FAILED.value)
+            raise SubscriptionFailed(f"subscribe failed: {errors}", failed)
+        late = tuple(e.sub.key for e in entries if e.state not in SETTLED)
+        if late:
+            raise RequestTimeout(f"no subscribe ack within {bound:g} s for {names([e.sub for e in entries], late)}")
+
+    async def unsubscribe(self, subs: Iterable[Subscription]) -> None:
+        """Remove subscriptions (all must be in the ledger: else :class:`SubscriptionNotFound`, nothing removed).
+
+        Subscribed ones are unsubscribed through the setup's unsubscriber; a
+        connection left without subscriptions closes with 1000 and is not redialled.
+        """
+        subs = listed(subs)
+        missing = tuple(s.key for s in subs if s.key not in self._ledger)
+        if missing:
+            raise SubscriptionNotFound(f"not subscribed: {names(subs, missing)}", missing)
+        by_slot: dict[str, list[Entry]] = {}
+        for sub in subs:
+            entry = self._ledger.get(sub.key)
+            assert entry is not None
+            by_slot.setdefault(entry.slot, []).append(entry)
+        for slot_id, entries in by_slot.items():
+            slot = self._slots.get(slot_id)
+            empties = slot is not None and self._ledger.count(slot_id) == len(entries)
+            with anyio.move_on_after(slot.group.setup.setup_timeout if slot is not None else 0):
+                while not all(e.state not in (SubState.SUBSCRIBING.value,) for e in entries):
+                    await self._next_change()  # a subscribe in flight settles first
+            if slot is not None and slot.streaming and not empties:
+                try:
+                    await send_unsubscribe(slot.conn, entries, slot.group.setup.unsubscriber)
+                except (NotConnected, ConnectionClosed):
+                    pass  # the socket is gone, and with it the exchange's subscriptions
+            for entry in entries:
+                entry.fire_if("drop")
+                self._ledger.remove(entry)
+            if slot is not None and empties and not slot.group.setup.subscriptions_not_required:
+                await self._retire(slot)
+
+    async def flush(self, *, wait: bool = True) -> None:
+        """Diff each setup's ``generatelisted()`` against the ledger; send only the difference."""
+        for group in self._groups.values():
+            generate = group.setup.generate_subscriptions
+            if generate is None or group.setup.subscriptions_not_required:
+                continue
+            desired = {s.key: s for s in listed(generate())}
+            if not self.setup.use_multi_connection_management:
+                # single style: one generator for all; each connection takes its kind
+                desired = {k: s for k, s in desired.items() if s.authenticated == group.setup.authenticated}
+            actual = {e.sub.key: e.sub for e in self._ledger.entries() if e.group == group.name}
+            gone = [sub for key, sub in actual.items() if key not in desired]
+            new = [sub for key, sub in desired.items() if key not in actual]
+            if gone:
+                await self.unsubscribe(gone)
+            if new:
+                await self.subscribe(new, group=group.name, wait=wait)
