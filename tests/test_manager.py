@@ -165,15 +165,24 @@ async def test_after_a_drop_only_that_connection_reconnects_with_exactly_its_sub
 async def test_one_connection_dropped_the_other_untouched(sim: SimExchange) -> None:
     manager = Manager(multi(1), dialer=sim.dialer())
     manager.add_connection(public(lambda: trades("S0", "S1")), name="spot")
+    lost: list[str] = []
+    manager.on_state_change(lambda e: lost.append(e.connection) if e.trigger == "lost" else None)
     with anyio.fail_after(120):
         async with manager:
-            victim, bystander = manager.connection("spot#1"), manager.connection("spot#2")
-            await victim.ping()  # (both live)
-            sim.drop_one(0)  # reset only the first connection's socket, from the server side
-            await victim.wait_for(State.RECONNECTING)
+            sim.drop_one(0)  # reset one connection's socket, from the server side
+            while not lost:
+                await anyio.sleep(0.1)
+            victim = manager.connection(lost[0])
+            bystander = manager.connection("spot#2" if lost[0] == "spot#1" else "spot#1")
             await victim.wait_for(State.LIVE)
+            assert victim.sessions == 2
             assert bystander.sessions == 1 and bystander.state is State.LIVE
-    assert sorted(map(sorted, sent(sim))) == [["trades:S0"], ["trades:S0"], ["trades:S1"]]
+    assert lost == [victim.id]
+    assert sorted(map(sorted, sent(sim))) == [["trades:S0"], ["trades:S0"], ["trades:S1"]] or sorted(
+        map(sorted, sent(sim))
+    ) == [["trades:S0"], ["trades:S1"], ["trades:S1"]]
+    victim_subs = [info.subscription for info in manager.subscriptions() if info.connection == victim.id]
+    assert len(victim_subs) == 1
 
 
 async def test_single_style_public_and_private_share_the_global_callbacks(sim: SimExchange) -> None:
