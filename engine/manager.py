@@ -26,6 +26,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import attrs
 
 from engine.clock import Clock
 from engine.config import ConnectionSetup, WebsocketSetup
@@ -61,6 +62,9 @@ class Manager:
         setup: the exchange's :class:`WebsocketSetup`.
         dialer, clock, rng: passed to every connection (tests inject the
             simulator's dialer and a seeded rng).
+        governor: the reconnect policy shared by every connection whose
+            setup has none (``governor.for_host(host)`` gives each its host's
+            view, so connections to one host share its attempt budget).
     """
 
     def __init__(
@@ -70,6 +74,7 @@ class Manager:
         dialer: Dialer | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        governor: Any = None,
     ) -> None:
         if not isinstance(setup, WebsocketSetup):
             raise ConfigError(f"Manager needs a WebsocketSetup, not {type(setup).__name__}")
@@ -84,6 +89,7 @@ class Manager:
         self._listeners: list[Callable[[StateChanged], None]] = []
         self._changed: anyio.Event | None = None  # set on any connection or subscription change
         self._tg: anyio.abc.TaskGroup | None = None
+        self._governor: Any = governor
 
     def __repr__(self) -> str:
         return f"<Manager {self.setup.exchange!r} {self.state.value}, {len(self._slots)} connections>"
@@ -227,21 +233,36 @@ class Manager:
             self._tg.cancel_scope.cancel()
         self._model.fire("stopped")
 
-    def _new_slot(self, group: Group) -> Slot:
-        assert self._tg is not None, "slots are made while the manager runs"
-        slot_id = group.new_slot_id()
+    def _connection(self, group: Group, slot_id: str) -> Connection:
         setup = slot_setup(group, slot_id, self._ledger, (self._on_connection_change,))
-        conn = Connection(setup, dialer=self._dialer, clock=self._clock, id=slot_id, rng=self._rng)
-        slot = Slot(slot_id, group, conn)
+        policy = self._policy_for(setup)
+        if policy is not None:
+            setup = attrs.evolve(setup, policy=policy)
+        return Connection(setup, dialer=self._dialer, clock=self._clock, id=slot_id, rng=self._rng)
+
+    def _policy_for(self, setup: ConnectionSetup) -> Any:
+        """The reconnect policy of a managed connection: the setup's own, else the manager's governor."""
+        if setup.policy is not None or self._governor is None:
+            return None
+        return self._governor.for_host(setup.parsed_url.host)
+
+    def _new_slot(self, group: Group) -> Slot:
+        slot_id = group.new_slot_id()
+        slot = Slot(slot_id, group, self._connection(group, slot_id))
         group.slots.append(slot)
         self._slots[slot_id] = slot
-        self._tg.start_soon(self._run_slot, slot)
+        self._start_slot(slot)
         return slot
 
-    async def _run_slot(self, slot: Slot) -> None:
+    def _start_slot(self, slot: Slot) -> None:
+        assert self._tg is not None, "connections run while the manager runs"
+        slot.enabled = True
+        self._tg.start_soon(self._run_slot, slot)
+
+    async def _run_slot(self, slot: Slot, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.CancelScope() as scope:
             slot.scope = scope
-            await slot.conn.run()
+            await slot.conn.run(task_status=task_status)
 
     async def _retire(self, slot: Slot) -> None:
         """Close an emptied connection with 1000; it is not redialled."""
@@ -250,6 +271,35 @@ class Manager:
         if slot in slot.group.slots:
             slot.group.slots.remove(slot)
         await slot.conn.close(1000, "no subscriptions left")
+
+    # -- runtime control -----------------------------------------------------
+
+    async def disable(self, setup_name: str) -> None:
+        """Close a setup's connections (1000); their subscriptions stay in the ledger for :meth:`enable`."""
+        group = self._group_for(setup_name, False)
+        for slot in group.slots:
+            slot.enabled = False
+        async with anyio.create_task_group() as tg:
+            for slot in group.slots:
+                tg.start_soon(slot.conn.close, 1000, "disabled")
+
+    async def enable(self, setup_name: str) -> None:
+        """Start a disabled setup's connections again; each resubscribes its subscriptions."""
+        group = self._group_for(setup_name, False)
+        assert self._tg is not None, "connections run while the manager runs"
+        for slot in group.slots:
+            if not slot.enabled and slot.conn.state is State.DISCONNECTED:
+                slot.enabled = True
+                await self._tg.start(self._run_slot, slot)  # back from it: connecting
+
+    async def set_url(self, setup_name: str, url: str) -> None:
+        """Point a setup at a new URL: its connections close and reconnect there (same ids, same subscriptions)."""
+        group = self._group_for(setup_name, False)
+        group.setup = attrs.evolve(group.setup, url=url)  # (validated: a bad URL raises ConfigError here)
+        await self.disable(setup_name)
+        for slot in group.slots:
+            slot.conn = self._connection(group, slot.id)
+        await self.enable(setup_name)
 
     async def _catch_up(self, slot: Slot) -> None:
         subscriber = slot.group.setup.subscriber

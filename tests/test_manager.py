@@ -262,3 +262,24 @@ def test_setup_mistakes_are_clear() -> None:
         manager.add_connection(ConnectionSetup(url="ws://x/", subscriber=subscriber))
     with pytest.raises(ConfigError, match="WebsocketSetup"):
         Manager(public())  # type: ignore[arg-type]
+
+
+async def test_disable_enable_and_a_new_url_at_runtime_keep_the_subscriptions(sim: SimExchange) -> None:
+    manager = Manager(multi(None), dialer=sim.dialer())
+    manager.add_connection(public(lambda: trades("S0", "S1")), name="spot")
+    with anyio.fail_after(120):
+        async with manager:
+            conn = manager.connection("spot#1")
+            await manager.disable("spot")
+            assert conn.state is State.DISCONNECTED
+            await anyio.sleep(30)
+            assert sim.accepted == 1  # disabled: not redialled
+            assert {i.state for i in manager.subscriptions()} == {SubState.RESUBSCRIBING}
+            await manager.enable("spot")
+            await conn.wait_for(State.LIVE)
+            await manager.set_url("spot", "ws://sim.test/elsewhere")
+            moved = manager.connection("spot#1")
+            assert moved is not conn and moved.url.resource == "/elsewhere"
+            await moved.wait_for(State.LIVE)
+            assert {i.state for i in manager.subscriptions()} == {SubState.SUBSCRIBED}
+    assert [sorted(x) for x in sent(sim)] == [["trades:S0", "trades:S1"]] * 3
