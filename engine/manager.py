@@ -26,7 +26,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import attrs
 
 from engine.clock import Clock
 from engine.config import ConnectionSetup, WebsocketSetup
@@ -42,8 +41,9 @@ from engine.errors import (
     WirestateError,
 )
 from engine.events import StateChanged
+from engine.fleet import Fleet
 from engine.ledger import SETTLED, Entry, Ledger
-from engine.slots import ConnectionInfo, Group, Slot, send_subscribe, send_unsubscribe, slot_setup
+from engine.slots import ConnectionInfo, Group, Slot, send_subscribe, send_unsubscribe
 from engine.subscriptions import Subscription, SubscriptionInfo, listed, names
 from machines.connection import State
 from machines.manager import ManagerModel, ManagerState
@@ -79,20 +79,17 @@ class Manager:
         if not isinstance(setup, WebsocketSetup):
             raise ConfigError(f"Manager needs a WebsocketSetup, not {type(setup).__name__}")
         self.setup = setup
-        self._dialer = dialer
-        self._clock = clock
-        self._rng = rng
         self._model = ManagerModel(self._on_manager_change)
-        self._groups: dict[str, Group] = {}
-        self._slots: dict[str, Slot] = {}
         self._ledger = Ledger(self._on_subscription_change)
+        self._fleet = Fleet(
+            setup, self._ledger, self._on_connection_change, dialer=dialer, clock=clock, rng=rng, governor=governor
+        )
         self._listeners: list[Callable[[StateChanged], None]] = []
         self._changed: anyio.Event | None = None  # set on any connection or subscription change
         self._tg: anyio.abc.TaskGroup | None = None
-        self._governor: Any = governor
 
     def __repr__(self) -> str:
-        return f"<Manager {self.setup.exchange!r} {self.state.value}, {len(self._slots)} connections>"
+        return f"<Manager {self.setup.exchange!r} {self.state.value}, {len(self._fleet.slots)} connections>"
 
     # -- setup -------------------------------------------------------------
 
@@ -100,11 +97,7 @@ class Manager:
         """Add a connection setup (before start); returns its name (``setup.name`` or ``"conn<n>"``)."""
         if self._model.state != ManagerState.STOPPED.value:
             raise WirestateError(f"add_connection while the manager is {self.state.value}: add setups before start")
-        name = name or setup.name or f"conn{len(self._groups) + 1}"
-        if name in self._groups:
-            raise ConfigError(f"a connection setup named {name!r} was already added")
-        self._groups[name] = Group.complete(name, setup, self.setup)
-        return name
+        return self._fleet.add(setup, name)
 
     # -- observation -------------------------------------------------------
 
@@ -120,7 +113,7 @@ class Manager:
 
     def connections(self) -> list[ConnectionInfo]:
         """Every managed connection: id, setup name, state, number of subscriptions."""
-        return [ConnectionInfo(s.id, s.group.name, s.state, self._ledger.count(s.id)) for s in self._slots.values()]
+        return [ConnectionInfo(s.id, s.group.name, s.state, self._ledger.count(s.id)) for s in self._fleet.slots.values()]
 
     def subscriptions(self) -> list[SubscriptionInfo]:
         """Every subscription in the ledger with its state and connection."""
@@ -128,17 +121,26 @@ class Manager:
 
     def connection(self, connection_id: str) -> Connection:
         """The Connection behind a logical id."""
-        try:
-            return self._slots[connection_id].conn
-        except KeyError:
-            raise WirestateError(f"no connection {connection_id!r} (have {sorted(self._slots)})") from None
+        return self._fleet.connection(connection_id)
+
+    async def disable(self, setup_name: str) -> None:
+        """Close a setup's connections (1000); their subscriptions stay in the ledger for :meth:`enable`."""
+        await self._fleet.disable(setup_name)
+
+    async def enable(self, setup_name: str) -> None:
+        """Start a disabled setup's connections again; each resubscribes its subscriptions."""
+        await self._fleet.enable(setup_name)
+
+    async def set_url(self, setup_name: str, url: str) -> None:
+        """Point a setup at a new URL: its connections reconnect there (same ids, same subscriptions)."""
+        await self._fleet.set_url(setup_name, url)
 
     def get_connection(self, message_filter: Any = None) -> Connection:
         """A streaming connection to send on: the first whose setup's ``message_filter`` equals the given one."""
-        for slot in self._slots.values():
+        for slot in self._fleet.slots.values():
             if slot.group.setup.message_filter == message_filter and slot.streaming:
                 return slot.conn
-        for slot in self._slots.values():
+        for slot in self._fleet.slots.values():
             if slot.group.setup.message_filter == message_filter:
                 return slot.conn
         raise WirestateError(f"no connection with message_filter {message_filter!r}")
@@ -150,7 +152,7 @@ class Manager:
     def diagram(self) -> str:
         """A Mermaid state diagram of the connections now (one line per connection)."""
         lines = ["stateDiagram-v2"]
-        for slot in self._slots.values():
+        for slot in self._fleet.slots.values():
             node = slot.id.replace("#", "_").replace("-", "_")
             lines.append(f'  state "{slot.id}: {slot.state.value}" as {node}')
         return "\n".join(lines)
@@ -159,7 +161,7 @@ class Manager:
         log.info("manager %s: %s -> %s on %s", self.setup.exchange, source, dest, trigger)
 
     def _on_connection_change(self, event: StateChanged) -> None:
-        slot = self._slots.get(event.connection)
+        slot = self._fleet.slots.get(event.connection)
         if slot is not None and event.trigger in ("lost", "close"):
             for entry in self._ledger.of_slot(slot.id):
                 entry.fire_if("connection_lost")
@@ -205,19 +207,19 @@ class Manager:
         Connections that cannot come up keep trying per their policy; ``timeout``
         bounds the wait for live (None: each setup's open + setup timeouts).
         """
-        if not self._groups:
+        if not self._fleet.groups:
             raise ConfigError("the manager has no connection setups: call add_connection() first")
         self._model.fire("start")
         tg = anyio.create_task_group()
         await tg.__aenter__()
-        self._tg = tg
-        for group in self._groups.values():
+        self._tg = self._fleet.tg = tg
+        for group in self._fleet.groups.values():
             if group.setup.subscriptions_not_required:
-                self._new_slot(group)
+                self._fleet.new_slot(group)
         await self.flush(wait=False)
-        bound = timeout if timeout is not None else max(g.setup.open_timeout + g.setup.setup_timeout for g in self._groups.values())
+        bound = timeout if timeout is not None else max(g.setup.open_timeout + g.setup.setup_timeout for g in self._fleet.groups.values())
         with anyio.move_on_after(bound):
-            while not all(s.streaming or s.stopped for s in self._slots.values()):
+            while not all(s.streaming or s.stopped for s in self._fleet.slots.values()):
                 await self._next_change()
         self._model.fire("started")
 
@@ -226,80 +228,10 @@ class Manager:
         if not self._model.may_fire("shutdown"):
             return
         self._model.fire("shutdown")
-        async with anyio.create_task_group() as tg:
-            for slot in list(self._slots.values()):
-                tg.start_soon(slot.conn.close)
+        await self._fleet.close_all()
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
         self._model.fire("stopped")
-
-    def _connection(self, group: Group, slot_id: str) -> Connection:
-        setup = slot_setup(group, slot_id, self._ledger, (self._on_connection_change,))
-        policy = self._policy_for(setup)
-        if policy is not None:
-            setup = attrs.evolve(setup, policy=policy)
-        return Connection(setup, dialer=self._dialer, clock=self._clock, id=slot_id, rng=self._rng)
-
-    def _policy_for(self, setup: ConnectionSetup) -> Any:
-        """The reconnect policy of a managed connection: the setup's own, else the manager's governor."""
-        if setup.policy is not None or self._governor is None:
-            return None
-        return self._governor.for_host(setup.parsed_url.host)
-
-    def _new_slot(self, group: Group) -> Slot:
-        slot_id = group.new_slot_id()
-        slot = Slot(slot_id, group, self._connection(group, slot_id))
-        group.slots.append(slot)
-        self._slots[slot_id] = slot
-        self._start_slot(slot)
-        return slot
-
-    def _start_slot(self, slot: Slot) -> None:
-        assert self._tg is not None, "connections run while the manager runs"
-        slot.enabled = True
-        self._tg.start_soon(self._run_slot, slot)
-
-    async def _run_slot(self, slot: Slot, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        with anyio.CancelScope() as scope:
-            slot.scope = scope
-            await slot.conn.run(task_status=task_status)
-
-    async def _retire(self, slot: Slot) -> None:
-        """Close an emptied connection with 1000; it is not redialled."""
-        slot.enabled = False
-        self._slots.pop(slot.id, None)
-        if slot in slot.group.slots:
-            slot.group.slots.remove(slot)
-        await slot.conn.close(1000, "no subscriptions left")
-
-    # -- runtime control -----------------------------------------------------
-
-    async def disable(self, setup_name: str) -> None:
-        """Close a setup's connections (1000); their subscriptions stay in the ledger for :meth:`enable`."""
-        group = self._group_for(setup_name, False)
-        for slot in group.slots:
-            slot.enabled = False
-        async with anyio.create_task_group() as tg:
-            for slot in group.slots:
-                tg.start_soon(slot.conn.close, 1000, "disabled")
-
-    async def enable(self, setup_name: str) -> None:
-        """Start a disabled setup's connections again; each resubscribes its subscriptions."""
-        group = self._group_for(setup_name, False)
-        assert self._tg is not None, "connections run while the manager runs"
-        for slot in group.slots:
-            if not slot.enabled and slot.conn.state is State.DISCONNECTED:
-                slot.enabled = True
-                await self._tg.start(self._run_slot, slot)  # back from it: connecting
-
-    async def set_url(self, setup_name: str, url: str) -> None:
-        """Point a setup at a new URL: its connections close and reconnect there (same ids, same subscriptions)."""
-        group = self._group_for(setup_name, False)
-        group.setup = attrs.evolve(group.setup, url=url)  # (validated: a bad URL raises ConfigError here)
-        await self.disable(setup_name)
-        for slot in group.slots:
-            slot.conn = self._connection(group, slot.id)
-        await self.enable(setup_name)
 
     async def _catch_up(self, slot: Slot) -> None:
         subscriber = slot.group.setup.subscriber
@@ -311,18 +243,6 @@ class Manager:
 
     # -- subscriptions -----------------------------------------------------
 
-    def _group_for(self, group: str | None, authenticated: bool) -> Group:
-        if group is not None:
-            try:
-                return self._groups[group]
-            except KeyError:
-                raise ConfigError(f"no connection setup named {group!r} (have {sorted(self._groups)})") from None
-        for candidate in self._groups.values():
-            if not candidate.setup.subscriptions_not_required and candidate.setup.authenticated == authenticated:
-                return candidate
-        kind = "an authenticated" if authenticated else "a public"
-        raise ConfigError(f"no connection setup takes subscriptions on {kind} connection")
-
     def _place(self, group: Group, subs: list[Subscription]) -> dict[str, list[Entry]]:
         """Spare capacity first, then new connections; returns the new entries by slot."""
         placed: dict[str, list[Entry]] = {}
@@ -333,7 +253,7 @@ class Manager:
                 None,
             )
             if slot is None:
-                slot = self._new_slot(group)
+                slot = self._fleet.new_slot(group)
             placed.setdefault(slot.id, []).append(self._ledger.add(sub, slot.id, group.name))
         return placed
 
@@ -363,13 +283,13 @@ class Manager:
             await self.subscribe([s for s in subs if s.authenticated], wait=wait, timeout=timeout)
             await self.subscribe([s for s in subs if not s.authenticated], wait=wait, timeout=timeout)
             return
-        chosen = self._group_for(group, kinds.pop() if kinds else False)
+        chosen = self._fleet.group(group, kinds.pop() if kinds else False)
         placed = self._place(chosen, subs)
         subscriber = chosen.setup.subscriber
         assert subscriber is not None
         async with anyio.create_task_group() as tg:
             for slot_id, entries in placed.items():
-                slot = self._slots[slot_id]
+                slot = self._fleet.slots[slot_id]
                 if slot.streaming:
                     tg.start_soon(send_subscribe, slot.conn, entries, subscriber)
         if wait:
@@ -404,7 +324,7 @@ class Manager:
             assert entry is not None
             by_slot.setdefault(entry.slot, []).append(entry)
         for slot_id, entries in by_slot.items():
-            slot = self._slots.get(slot_id)
+            slot = self._fleet.slots.get(slot_id)
             empties = slot is not None and self._ledger.count(slot_id) == len(entries)
             with anyio.move_on_after(slot.group.setup.setup_timeout if slot is not None else 0):
                 while not all(e.state not in (SubState.SUBSCRIBING.value,) for e in entries):
@@ -418,11 +338,11 @@ class Manager:
                 entry.fire_if("drop")
                 self._ledger.remove(entry)
             if slot is not None and empties and not slot.group.setup.subscriptions_not_required:
-                await self._retire(slot)
+                await self._fleet.retire(slot, "no subscriptions left")
 
     async def flush(self, *, wait: bool = True) -> None:
         """Diff each setup's ``generatelisted()`` against the ledger; send only the difference."""
-        for group in self._groups.values():
+        for group in self._fleet.groups.values():
             generate = group.setup.generate_subscriptions
             if generate is None or group.setup.subscriptions_not_required:
                 continue
