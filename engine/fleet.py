@@ -133,12 +133,15 @@ class Fleet:
 
     async def enable(self, name: str) -> None:
         """Start a disabled setup's connections again."""
-        group = self.group(name)
-        assert self.tg is not None, "connections run while the manager runs"
-        for slot in group.slots:
+        for slot in self.group(name).slots:
             if not slot.enabled and slot.conn.state is State.DISCONNECTED:
-                slot.enabled = True
-                await self.tg.start(self._run, slot)  # back from it: connecting
+                await self.restart(slot)
+
+    async def restart(self, slot: Slot) -> None:
+        """Run a stopped slot's connection again; returns once it is connecting."""
+        assert self.tg is not None, "connections run while the manager runs"
+        slot.enabled = True
+        await self.tg.start(self._run, slot)
 
     async def set_url(self, name: str, url: str) -> None:
         """Point a setup at a new URL: its connections close and reconnect there (same ids)."""

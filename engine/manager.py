@@ -40,8 +40,10 @@ from engine.errors import (
     SubscriptionNotFound,
     WirestateError,
 )
+from engine.causes import GiveUp
 from engine.events import StateChanged
 from engine.fleet import Fleet
+from engine.policy import is_fatal
 from engine.ledger import SETTLED, Entry, Ledger
 from engine.slots import ConnectionInfo, Group, Slot, send_subscribe, send_unsubscribe
 from engine.subscriptions import Subscription, SubscriptionInfo, listed, names
@@ -146,8 +148,29 @@ class Manager:
         raise WirestateError(f"no connection with message_filter {message_filter!r}")
 
     async def wait_for(self, connection_id: str, *states: State) -> State:
-        """Wait until connection ``connection_id`` is in one of ``states``."""
-        return await self.connection(connection_id).wait_for(*states)
+        """Wait until connection ``connection_id`` is in (or passes through) one of ``states``.
+
+        Unlike ``Connection.wait_for`` it waits across stops: a managed
+        connection that gave up may be started again (:meth:`enable`, the monitor).
+        """
+        if not states:
+            raise ValueError("wait_for needs at least one State")
+        current = self.connection(connection_id).state
+        if current in states:
+            return current
+        reached: list[State] = []
+
+        def hear(event: StateChanged) -> None:
+            if event.connection == connection_id and event.dest in states:
+                reached.append(event.dest)
+
+        unsubscribe = self.on_state_change(hear)
+        try:
+            while not reached:
+                await self._next_change()
+        finally:
+            unsubscribe()
+        return reached[0]
 
     def diagram(self) -> str:
         """A Mermaid state diagram of the connections now (one line per connection)."""
@@ -213,15 +236,42 @@ class Manager:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = self._fleet.tg = tg
-        for group in self._fleet.groups.values():
-            if group.setup.subscriptions_not_required:
-                self._fleet.new_slot(group)
-        await self.flush(wait=False)
-        bound = timeout if timeout is not None else max(g.setup.open_timeout + g.setup.setup_timeout for g in self._fleet.groups.values())
-        with anyio.move_on_after(bound):
-            while not all(s.streaming or s.stopped for s in self._fleet.slots.values()):
-                await self._next_change()
+        try:
+            for group in self._fleet.groups.values():
+                if group.setup.subscriptions_not_required:
+                    self._fleet.new_slot(group)
+            await self.flush(wait=False)
+            tg.start_soon(self._monitor)
+            groups = self._fleet.groups.values()
+            bound = timeout if timeout is not None else max(g.setup.open_timeout + g.setup.setup_timeout for g in groups)
+            with anyio.move_on_after(bound):
+                while not all(s.streaming or s.stopped for s in self._fleet.slots.values()):
+                    await self._next_change()
+        except BaseException as exc:
+            # A start that fails leaves nothing running behind it.
+            tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await self._fleet.close_all()
+                await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            self._tg = self._fleet.tg = None
+            self._model.fire("shutdown")
+            self._model.fire("stopped")
+            raise
         self._model.fire("started")
+
+    async def _monitor(self) -> None:
+        """Every ``connection_monitor_interval``: start again enabled connections that gave up for a
+        reason that may pass (a spent retry budget), never those refused for good (login, 1008, 401)."""
+        interval = self.setup.connection_monitor_interval
+        while True:
+            await anyio.sleep(interval)
+            for slot in list(self._fleet.slots.values()):
+                cause = slot.conn.cause
+                if slot.enabled and slot.conn.state is State.DISCONNECTED and isinstance(cause, GiveUp):
+                    if cause.last is not None and is_fatal(cause.last):
+                        continue
+                    log.info("manager %s: %s gave up (%s); starting it again", self.setup.exchange, slot.id, cause)
+                    await self._fleet.restart(slot)
 
     async def shutdown(self) -> None:
         """Close every connection (1000, bounded by their close timeouts); idempotent."""

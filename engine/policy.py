@@ -29,7 +29,7 @@ from engine.causes import (
 )
 from engine.errors import ConfigError
 
-__all__ = ["Backoff", "Decision", "DefaultPolicy", "ReconnectPolicy", "Retry", "decide_safely"]
+__all__ = ["Backoff", "Decision", "DefaultPolicy", "ReconnectPolicy", "Retry", "decide_safely", "is_fatal"]
 
 log = logging.getLogger("wirestate.policy")
 
@@ -188,3 +188,11 @@ def decide_safely(policy: ReconnectPolicy, cause: Cause, attempt: int, owner: st
         return decision if decision.last is not None else GiveUp(decision.reason, cause)
     log.error("%s: the reconnect policy answered %r, not Retry or GiveUp; giving up", owner, decision)
     return GiveUp("the reconnect policy gave no valid decision", cause)
+
+
+_DEFAULT_RULES = DefaultPolicy()
+
+
+def is_fatal(cause: Cause) -> bool:
+    """Whether ``cause`` is one the default rules never retry (refused for good: 401, 1008, login...)."""
+    return _DEFAULT_RULES.fatal(cause) is not None

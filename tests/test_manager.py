@@ -283,3 +283,39 @@ async def test_disable_enable_and_a_new_url_at_runtime_keep_the_subscriptions(si
             await moved.wait_for(State.LIVE)
             assert {i.state for i in manager.subscriptions()} == {SubState.SUBSCRIBED}
     assert [sorted(x) for x in sent(sim)] == [["trades:S0", "trades:S1"]] * 3
+
+
+async def test_the_monitor_starts_again_a_connection_that_spent_its_retry_budget(sim: SimExchange) -> None:
+    dials: list[float] = []
+    real = sim.dialer()
+
+    async def flaky(url: Any) -> Any:
+        dials.append(anyio.current_time())
+        if len(dials) <= 3:
+            raise ConnectionRefusedError(111, "refused")
+        return await real(url)
+
+    setup = WebsocketSetup(exchange="sim", use_multi_connection_management=True, connection_monitor_interval=20.0)
+    manager = Manager(setup, dialer=flaky)
+    manager.add_connection(public(lambda: trades("S0"), backoff=Backoff(initial=1.0, maximum=1.0, jitter=False, max_attempts=2)), name="spot")
+    with anyio.fail_after(120):
+        async with manager:
+            conn = manager.connection("spot#1")
+            with pytest.raises(GaveUp, match="2 attempts failed"):
+                await conn.wait_for(State.LIVE)
+            await manager.wait_for("spot#1", State.LIVE)  # healed by the monitor
+            assert [i.state for i in manager.subscriptions()] == [SubState.SUBSCRIBED]
+    # two retries, give-up, then the monitor's first round (20 s after start)
+    assert [d - dials[0] for d in dials] == pytest.approx([0.0, 1.0, 2.0, 20.0])
+
+
+async def test_a_connection_refused_for_good_is_not_healed(sim: SimExchange) -> None:
+    sim.reject_next(401)
+    setup = WebsocketSetup(exchange="sim", use_multi_connection_management=True, connection_monitor_interval=5.0)
+    manager = Manager(setup, dialer=sim.dialer())
+    manager.add_connection(public(lambda: trades("S0")), name="spot")
+    with anyio.fail_after(120):
+        async with manager:
+            await anyio.sleep(60)
+            assert manager.connection("spot#1").state is State.DISCONNECTED
+    assert sim.accepted == 0 and sim.rejected == 1
