@@ -161,3 +161,59 @@ async def test_aclose_wakes_a_writer_blocked_on_a_peer_that_does_not_read(anyio_
         assert errors, "the blocked writer was not woken by aclose()"
         with pytest.raises(anyio.ClosedResourceError):
             await stream.receive()
+
+
+async def test_the_server_reads_our_1009_when_it_keeps_writing(anyio_backend: str) -> None:
+    """Issue 15 #11 on real sockets: after failing the connection for an oversize message the
+    client half-closes and drains, so a server that is still writing reads our close frame
+    (closing with unread bytes would reset TCP and could destroy it). 20 sessions, all must see it."""
+    import wsproto
+    import wsproto.events as wse
+
+    sessions = 20
+    codes: list[int | None] = []
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+        code: int | None = None
+        try:
+            with anyio.fail_after(5):
+                while True:
+                    ws.receive_data(await stream.receive())
+                    if any(isinstance(e, wse.Request) for e in ws.events()):
+                        await stream.send(ws.send(wse.AcceptConnection()))
+                        break
+                chunk = ws.send(wse.TextMessage(data="z" * 200))
+                await stream.send(ws.send(wse.TextMessage(data="x" * 5000)))  # over the client's limit
+                while code is None:
+                    for _ in range(20):  # keep writing while the client fails the connection
+                        await stream.send(chunk)
+                    with anyio.move_on_after(0.002):
+                        ws.receive_data(await stream.receive())
+                        for event in ws.events():
+                            if isinstance(event, wse.CloseConnection):
+                                code = int(event.code)
+        except (anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedResourceError, OSError, TimeoutError):
+            pass
+        finally:
+            codes.append(code)
+            await stream.aclose()
+
+    with anyio.fail_after(30):
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, serve)
+            setup = ConnectionSetup(
+                url=f"ws://127.0.0.1:{port}/",
+                handler=lambda conn, m: None,
+                max_message_size=1000,
+                close_timeout=2.0,
+                backoff=Backoff(initial=0.001, maximum=0.001, jitter=False),
+            )
+            async with Connection(setup) as conn:
+                while len(codes) < sessions:
+                    await conn.wait_for(State.CONNECTING)
+                    await conn.wait_for(State.RECONNECTING)
+            tg.cancel_scope.cancel()
+    assert codes[:sessions] == [1009] * sessions
