@@ -171,7 +171,8 @@ class ConnectionSetup:
     Requests: ``response_key(message)`` tells which pending
     ``conn.request(..., key=...)`` a message answers (default: the ``"id"``
     of a JSON object; it runs only while a request waits);
-    ``response_max_limit`` is the default wait per expected response.
+    ``response_max_limit`` is the default wait per expected response;
+    ``latency_observer(conn, key, seconds)`` hears how long each answered request took.
 
     Under a :class:`~engine.manager.Manager`: ``unsubscriber(conn, subs)``
     sends unsubscribes; ``subscriptions_not_required`` marks a connection
@@ -213,6 +214,7 @@ class ConnectionSetup:
     retry_after_cap: float = attrs.field(default=300.0, validator=_non_negative)
     response_key: ResponseKey | None = attrs.field(default=None, validator=_callable_or_none)
     response_max_limit: float = attrs.field(default=10.0, validator=_positive)
+    latency_observer: Callable[[Any, Any, float], None] | None = attrs.field(default=None, validator=_callable_or_none)
     on_state_change: tuple[Callable[[Any], None], ...] = attrs.field(default=(), converter=_listeners, repr=False)
     unsubscriber: Subscriber | None = attrs.field(default=None, validator=_async_or_none)
     subscriptions_not_required: bool = False

@@ -146,7 +146,13 @@ class Connection:
         self.handler_errors = 0
         self.sessions = 0
         self.subscriptions: list[Any] = []
-        self._requests = Requests(setup.response_key or json_id, self.id)
+        observe = setup.latency_observer
+        self._requests = Requests(
+            setup.response_key or json_id,
+            self.id,
+            lambda: self._clock(),  # (bound to the loop's clock at start)
+            (lambda key, took: observe(self, key, took)) if observe else None,
+        )
         self._delivery = Delivery(self)
         self._ids = itertools.count(1)
 
@@ -414,7 +420,7 @@ class Connection:
         if isinstance(expect, bool) or not isinstance(expect, int) or expect < 1:
             raise ValueError(f"expect must be a positive integer, not {expect!r}")
         limit = timeout if timeout is not None else self.setup.response_max_limit * expect
-        return await self._requests.request(self.send, payload, key, expect, self._clock() + limit, is_final)
+        return await self._requests.request(self.send, payload, key, expect, self._clock() + limit, is_final, self._clock)
 
 
 def _anyio_task_id() -> int:

@@ -19,13 +19,16 @@ import orjson
 
 from engine.errors import DuplicateRequest, RequestTimeout
 
-__all__ = ["Pending", "Requests", "ResponseKey", "json_id"]
+__all__ = ["LatencyObserver", "Pending", "Requests", "ResponseKey", "json_id"]
 
 log = logging.getLogger("wirestate.requests")
 
 Message = str | bytes
 #: ``(message) -> key or None``: which pending request a message answers
 ResponseKey = Callable[[Message], Hashable | None]
+#: ``(key, seconds)``: how long an answered request took (send to last response)
+LatencyObserver = Callable[[Hashable, float], None]
+_EXPIRED_KEPT = 1024
 
 
 def json_id(message: Message) -> Hashable | None:
@@ -57,17 +60,44 @@ class Pending:
 class Requests:
     """The pending requests of one connection, by key."""
 
-    __slots__ = ("_pending", "_response_key", "_owner", "key_errors")
+    __slots__ = ("_pending", "_response_key", "_owner", "_clock", "_expired", "key_errors", "late_responses", "observer")
 
-    def __init__(self, response_key: ResponseKey, owner: str) -> None:
+    def __init__(
+        self,
+        response_key: ResponseKey,
+        owner: str,
+        clock: Callable[[], float],
+        observer: LatencyObserver | None = None,
+    ) -> None:
         self._pending: dict[Hashable, Pending] = {}
         self._response_key = response_key
         self._owner = owner
+        self._clock = clock
+        # keys whose wait timed out -> until when a late answer is watched for (bounded, in
+        # expiry order): such an answer is logged once; it still goes to the handler
+        self._expired: dict[Hashable, float] = {}
         #: messages on which ``response_key`` raised (each treated as no match)
         self.key_errors = 0
+        #: answers that came after their request timed out (they went to the handler)
+        self.late_responses = 0
+        #: ``(key, seconds)`` after every answered request
+        self.observer = observer
 
     def __bool__(self) -> bool:
-        return bool(self._pending)
+        """Whether incoming messages must be offered: requests wait, or answers may still come late."""
+        if self._pending:
+            return True
+        if self._expired:
+            self._forget_expired()
+            return bool(self._expired)
+        return False
+
+    def _forget_expired(self) -> None:
+        now = self._clock()
+        for key, until in list(self._expired.items()):
+            if until > now:
+                break  # (kept in expiry order)
+            del self._expired[key]
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -100,6 +130,10 @@ class Requests:
         except TypeError:  # an unhashable key from a custom response_key
             return False
         if pending is None:
+            if self._expired and key in self._expired:
+                del self._expired[key]  # once per expired key
+                self.late_responses += 1
+                log.warning("%s: a response to request %r came after its timeout; it goes to the handler", self._owner, key)
             return False
         pending.responses.append(message)
         final = pending.is_final
@@ -116,11 +150,13 @@ class Requests:
         expect: int,
         deadline: float,
         is_final: Callable[[Message], bool] | None,
+        clock: Callable[[], float],
     ) -> Any:
-        """Register ``key``, ``send(payload)``, wait for the response(s) until ``deadline``."""
+        """Register ``key``, ``send(payload)``, wait for the response(s) until ``deadline`` (on ``clock``)."""
         if isinstance(expect, bool) or not isinstance(expect, int) or expect < 1:
             raise ValueError(f"expect must be a positive integer, not {expect!r}")
         pending = self.register(key, expect, is_final)
+        started = clock()
         try:
             with anyio.CancelScope(deadline=deadline):  # the send counts too: a blocked send is a timeout
                 await send(payload)
@@ -130,7 +166,16 @@ class Requests:
         if pending.error is not None:
             raise pending.error
         if not pending.done.is_set():
+            self._expired.pop(key, None)
+            self._expired[key] = clock() + (clock() - started)  # watched as long again as it waited
+            if len(self._expired) > _EXPIRED_KEPT:
+                del self._expired[next(iter(self._expired))]
             raise RequestTimeout(f"{self._owner}: no response to request {key!r} in time", pending.responses)
+        if self.observer is not None:
+            try:
+                self.observer(key, clock() - started)
+            except Exception:
+                log.exception("%s: latency observer failed", self._owner)
         return pending.responses[0] if expect == 1 else list(pending.responses)
 
     def fail_all(self, error: BaseException) -> None:

@@ -1,0 +1,140 @@
+"""Requests by key (issue 17 item 4): out of order, expect=N, is_final, timeouts, late answers, disconnects."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+from wspeer import Peer, ServerSide
+
+from engine import ConnectionLost, ConnectionSetup, Connection, DuplicateRequest, RequestTimeout, State, Backoff
+
+pytestmark = pytest.mark.anyio
+
+
+def setup_for(**overrides: Any) -> ConnectionSetup:
+    options: dict[str, Any] = dict(
+        url="ws://peer.test/ws",
+        handler=lambda conn, message: None,
+        backoff=Backoff(initial=100.0, maximum=100.0, jitter=False),
+    )
+    options.update(overrides)
+    return ConnectionSetup(**options)
+
+
+def answering(*, batch: int = 1, reverse: bool = False, copies: int = 1, delay: float = 0.0, drop_after: int | None = None):  # type: ignore[no-untyped-def]
+    """A peer that answers each request {"id": n} with {"id": n, "part": i} ``copies`` times;
+    collects ``batch`` requests first and answers them reversed if asked."""
+
+    async def script(side: ServerSide) -> None:
+        await side.accept()
+        seen = 0
+        while True:
+            held = []
+            while len(held) < batch:
+                message = await side.next_message()
+                if message is None:
+                    return
+                held.append(orjson.loads(message))
+                seen += 1
+                if drop_after is not None and seen >= drop_after:
+                    side.stream.abort()
+                    return
+            if delay:
+                await anyio.sleep(delay)
+            for request in reversed(held) if reverse else held:
+                for part in range(copies):
+                    await side.send_text(orjson.dumps({"id": request["id"], "part": part}).decode())
+
+    return script
+
+
+async def run_with(script: Any, body: Any, **overrides: Any) -> Connection:
+    async with anyio.create_task_group() as tg:
+        with anyio.fail_after(120):
+            async with Connection(setup_for(**overrides), dialer=Peer(tg, script)) as conn:
+                await conn.wait_for(State.LIVE)
+                await body(conn)
+        tg.cancel_scope.cancel()
+    return conn
+
+
+async def test_out_of_order_responses_resolve_the_right_requests() -> None:
+    results: dict[int, Any] = {}
+
+    async def body(conn: Connection) -> None:
+        async def one(n: int) -> None:
+            results[n] = orjson.loads(await conn.request({"id": n}, key=n))["id"]
+
+        async with anyio.create_task_group() as tg:
+            for n in range(5):
+                tg.start_soon(one, n)
+
+    await run_with(answering(batch=5, reverse=True), body)
+    assert results == {n: n for n in range(5)}
+
+
+async def test_expect_gathers_and_is_final_ends_early() -> None:
+    async def body(conn: Connection) -> None:
+        three = await conn.request({"id": 1}, key=1, expect=3)
+        assert [orjson.loads(m)["part"] for m in three] == [0, 1, 2]
+        early = await conn.request({"id": 2}, key=2, expect=10, is_final=lambda m: orjson.loads(m)["part"] == 1)
+        assert [orjson.loads(m)["part"] for m in early] == [0, 1]
+
+    await run_with(answering(copies=3), body)
+
+
+async def test_timeout_names_the_key_and_a_late_answer_reaches_the_handler(caplog: pytest.LogCaptureFixture) -> None:
+    received: list[Any] = []
+
+    async def body(conn: Connection) -> None:
+        with pytest.raises(RequestTimeout, match="'slow-1'"):
+            await conn.request({"id": "slow-1"}, key="slow-1", timeout=2.0)
+        await anyio.sleep(5)
+
+    with caplog.at_level(logging.WARNING):
+        conn = await run_with(answering(delay=3.0), body, handler=lambda c, m: received.append(m))
+    assert [orjson.loads(m)["id"] for m in received] == ["slow-1"]
+    assert conn._requests.late_responses == 1
+    assert sum("came after its timeout" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_a_duplicate_key_raises_at_once() -> None:
+    async def body(conn: Connection) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: conn.request({"id": 7}, key=7))
+            await anyio.sleep(0.1)
+            with pytest.raises(DuplicateRequest, match="7"):
+                await conn.request({"id": 7}, key=7)
+
+    await run_with(answering(delay=1.0), body)
+
+
+async def test_a_request_pending_at_disconnect_raises_connection_lost() -> None:
+    async def body(conn: Connection) -> None:
+        with pytest.raises(ConnectionLost, match="outcome is unknown"):
+            await conn.request({"id": 1}, key=1, timeout=50)
+
+    await run_with(answering(drop_after=1), body)
+
+
+async def test_ten_thousand_concurrent_requests_resolve_and_leave_nothing_pending() -> None:
+    done: list[int] = []
+    latencies: list[float] = []
+
+    async def body(conn: Connection) -> None:
+        async def one(n: int) -> None:
+            await conn.request({"id": n}, key=n, timeout=60)
+            done.append(n)
+
+        async with anyio.create_task_group() as tg:
+            for n in range(10_000):
+                tg.start_soon(one, n)
+        assert len(conn._requests) == 0
+
+    await run_with(answering(), body, latency_observer=lambda conn, key, took: latencies.append(took))
+    assert sorted(done) == list(range(10_000))
+    assert len(latencies) == 10_000 and all(t >= 0 for t in latencies)
