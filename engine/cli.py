@@ -1,4 +1,4 @@
-"""The ``wirestate`` console script: ``wirestate demo``, ``wirestate sim`` and ``wirestate diagrams``.
+"""The ``wirestate`` console script: ``wirestate demo``, ``sim``, ``diagrams`` and ``check-config``.
 
 A bad argument is one ``error:`` line on stderr and exit code 2; Ctrl-C ends ``demo`` and ``sim`` with exit code 0 on asyncio and trio.
 """
@@ -116,6 +116,25 @@ def _sim(args: argparse.Namespace) -> int:
     return run_sim(port=args.port, duration=args.duration, backend=args.backend)
 
 
+def _check_config(args: argparse.Namespace) -> int:
+    import os
+
+    from engine.setupfile import SetupFileError, load_setups
+
+    # "module:attribute" callbacks resolve from the current directory too, as under `python -m`
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        _, connections = load_setups(args.file)
+    except SetupFileError as exc:
+        for problem in exc.problems:
+            print(f"{args.file}: {problem}", file=sys.stderr)
+        return 2
+    count = len(connections)
+    print(f"{args.file}: ok (1 exchange setup, {count} connection{'' if count == 1 else 's'})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = _Parser(prog="wirestate", description="Keeps exchange WebSocket streams alive.")
@@ -144,6 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     diagrams.add_argument("--check", action="store_true", help="exit 1 when the files differ from the code")
     diagrams.add_argument("--dir", default="diagrams", help="output folder (default: diagrams)")
     diagrams.set_defaults(run=_diagrams)
+
+    check = commands.add_parser(
+        "check-config", help="load a manager setup file (.toml or .json) and list every problem in it"
+    )
+    check.add_argument("file", metavar="FILE", help="the setup file: [exchange] and [[connections]] tables")
+    check.set_defaults(run=_check_config)
 
     args = parser.parse_args(argv)
     return int(args.run(args))
