@@ -31,6 +31,7 @@ from engine.events import StateChanged
 from engine.manager import ConnectionInfo, Manager, SubscriptionInfo
 from engine.policy import Backoff, DefaultPolicy, ReconnectPolicy, Retry
 from engine.requests import json_id
+from engine.setupfile import SetupFileError, load_setups
 from engine.subscriptions import Subscription
 from machines.connection import State
 
@@ -56,6 +57,7 @@ __all__ = [
     "ReconnectPolicy",
     "RequestTimeout",
     "Retry",
+    "SetupFileError",
     "State",
     "StateChanged",
     "Subscription",
@@ -67,4 +69,5 @@ __all__ = [
     "WirestateError",
     "causes",
     "json_id",
+    "load_setups",
 ]

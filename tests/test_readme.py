@@ -40,7 +40,7 @@ def sim_url() -> Iterator[str]:
 
 
 def test_the_readme_has_its_examples() -> None:
-    assert len(EXAMPLES) == 2
+    assert len(EXAMPLES) == 3
 
 
 @pytest.mark.parametrize("index", range(len(EXAMPLES)))
@@ -54,5 +54,9 @@ def test_readme_example_runs_as_written(sim_url: str, index: int) -> None:
         assert "message:" in done.stdout
         assert "-> live on subscribed" in done.stdout
         assert done.stdout.rstrip().endswith("stopped by user close")
-    else:
+    elif index == 1:
         assert "'connecting -> authenticating', 'authenticating -> subscribing', 'subscribing -> live'" in done.stdout
+    else:
+        assert "ticker:ETH-USD subscribed spot#2" in done.stdout
+        assert "trades:BTC-USD" not in done.stdout
+        assert "('spot#1', 'live', 1), ('spot#2', 'live', 2)" in done.stdout
