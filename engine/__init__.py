@@ -34,6 +34,7 @@ from engine.requests import json_id
 from engine.setupfile import SetupFileError, load_setups
 from engine.subscriptions import Subscription
 from machines.connection import State
+from engine.governor import Governor, HostPolicy
 
 __all__ = [
     "AuthenticationFailed",
@@ -70,4 +71,6 @@ __all__ = [
     "causes",
     "json_id",
     "load_setups",
+    "Governor",
+    "HostPolicy",
 ]
