@@ -92,7 +92,7 @@ class Connection:
         "last_close_received", "last_close_sent", "last_rejection",
         "messages_received", "handler_errors", "sessions",
         "_dialer", "_clock", "_own_clock", "_wall_clock", "_model", "_trail",
-        "_policy", "_decision", "_wire", "_pause", "_tg", "_reader_task", "_task_id",
+        "_policy", "_decision", "_decided_at", "_wire", "_pause", "_tg", "_reader_task", "_task_id",
         "_requests", "_delivery", "_ids",
     )  # fmt: skip
 
@@ -126,6 +126,7 @@ class Connection:
             else DefaultPolicy(setup.backoff, retry_after_cap=setup.retry_after_cap, rng=rng)
         )
         self._decision: Decision | None = None  # the policy's answer to the last lost session
+        self._decided_at = 0.0
         #: the typed cause of the last transition (why it is reconnecting, closing or stopped); None when it had none
         self.cause: Cause | None = None
         #: failed attempts in a row (reset once a session stays live for ``healthy_after``)
@@ -240,6 +241,7 @@ class Connection:
         decision = decide_safely(self._policy, cause, self.failures, self.id)
         self.failures += 1
         self._decision = decision
+        self._decided_at = self._clock()  # the wait counts from the decision, not from teardown's end
         if isinstance(decision, Retry):
             why = f" ({decision.note})" if decision.note else ""
             self._fire("lost", cause, note=f"{cause}; retry in {decision.delay:.3f} s{why}", delay=decision.delay)

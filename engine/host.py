@@ -54,6 +54,7 @@ class SessionHost(Protocol):
     _wire: Wire | None
     _pause: anyio.CancelScope | None
     _decision: Decision | None
+    _decided_at: float
     _requests: Requests
 
     @property

@@ -248,11 +248,12 @@ class Manager:
                 while not all(s.streaming or s.stopped for s in self._fleet.slots.values()):
                     await self._next_change()
         except BaseException as exc:
-            # A start that fails leaves nothing running behind it.
-            tg.cancel_scope.cancel()
+            # A start that fails leaves nothing running behind it. (The task group is
+            # left outside the shield: a scope must exit in the order it was entered.)
             with anyio.CancelScope(shield=True):
                 await self._fleet.close_all()
-                await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(type(exc), exc, exc.__traceback__)
             self._tg = self._fleet.tg = None
             self._model.fire("shutdown")
             self._model.fire("stopped")

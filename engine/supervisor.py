@@ -32,7 +32,7 @@ async def supervise(conn: SessionHost) -> None:
             conn._fire("give_up", decision, note=decision.reason)
             return
         assert decision is not None
-        with anyio.CancelScope(deadline=conn._clock() + decision.delay) as pause:
+        with anyio.CancelScope(deadline=conn._decided_at + decision.delay) as pause:
             conn._pause = pause
             await anyio.sleep_forever()
         conn._pause = None
