@@ -319,3 +319,34 @@ async def test_a_connection_refused_for_good_is_not_healed(sim: SimExchange) -> 
             await anyio.sleep(60)
             assert manager.connection("spot#1").state is State.DISCONNECTED
     assert sim.accepted == 0 and sim.rejected == 1
+
+
+async def test_fifty_connections_dropped_at_once_reconnect_within_the_host_budget() -> None:
+    from engine import Governor
+
+    symbols = [f"S{i}" for i in range(50)]
+    dials: list[float] = []
+    async with SimExchange(rate=0.5, symbols=symbols) as exchange:
+        real = exchange.dialer()
+
+        async def counted(url: Any) -> Any:
+            dials.append(anyio.current_time())
+            return await real(url)
+
+        governor = Governor(base=0.5, cap=5.0, attempts_per_window=5, window=10.0)
+        manager = Manager(multi(1), dialer=counted, governor=governor)
+        manager.add_connection(public(lambda: trades(*symbols)), name="spot")
+        with anyio.fail_after(600):
+            async with manager:
+                assert len(manager.connections()) == 50
+                first_round = len(dials)
+                exchange.drop()
+                for row in manager.connections():
+                    await manager.wait_for(row.id, State.RECONNECTING)
+                for row in manager.connections():
+                    await manager.wait_for(row.id, State.LIVE)
+    again = sorted(dials[first_round:])
+    assert len(again) == 50
+    most_in_a_window = max(sum(1 for t in again if start <= t < start + 10.0 - 1e-6) for start in again)
+    assert most_in_a_window <= 5
+    assert again[-1] - again[0] >= 90.0 - 1e-3  # ten windows of five
