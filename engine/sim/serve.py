@@ -7,7 +7,9 @@ demo`` and ``wirestate sim`` share: the same on asyncio and trio.
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -46,11 +48,41 @@ def run_interruptible(func: Callable[..., Awaitable[Any]], *args: Any, backend: 
     in it propagates unchanged (an interrupt must not hide a real failure).
     """
     try:
-        return anyio.run(func, *args, backend=backend)
+        return anyio.run(_on_signal_cancel, func, args, backend=backend)
     except BaseExceptionGroup as group:
         if _only_interrupts(group):
             raise KeyboardInterrupt from None
         raise
+
+
+async def _on_signal_cancel(func: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> Any:
+    """Run ``func``; a SIGINT cancels it (a clean shutdown), then raises KeyboardInterrupt.
+
+    Without this, Python raises KeyboardInterrupt wherever the main thread
+    happens to be: on trio that can be between entering a task group and the
+    code that exits it, which corrupts trio's task tree. A signal receiver
+    turns Ctrl-C into an ordinary cancellation instead.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGINT"):
+        return await func(*args)  # (signal handlers only in the main thread)
+    interrupted = False
+    result: Any = None
+    with anyio.open_signal_receiver(signal.SIGINT) as signals:
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                nonlocal interrupted
+                async for _ in signals:
+                    interrupted = True
+                    tg.cancel_scope.cancel()
+                    return
+
+            tg.start_soon(watch)
+            result = await func(*args)
+            tg.cancel_scope.cancel()
+    if interrupted:
+        raise KeyboardInterrupt
+    return result
 
 
 def _dialect_summary(sim: SimExchange, url: str) -> str:
