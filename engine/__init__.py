@@ -35,6 +35,9 @@ from engine.setupfile import SetupFileError, load_setups
 from engine.subscriptions import Subscription
 from machines.connection import State
 from engine.governor import Governor, HostPolicy
+from engine.errors import RateLimited
+from engine.ids import message_id_source, uuid7
+from engine.ratelimit import Limiter, RateLimit
 
 __all__ = [
     "AuthenticationFailed",
@@ -73,4 +76,9 @@ __all__ = [
     "load_setups",
     "Governor",
     "HostPolicy",
+    "Limiter",
+    "RateLimit",
+    "RateLimited",
+    "message_id_source",
+    "uuid7",
 ]
