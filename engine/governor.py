@@ -52,9 +52,9 @@ from typing import TypeAlias
 
 import anyio
 
-from engine.causes import Cause, ClosedByPeer, GiveUp, HandshakeRejection, InvalidHandshake, SetupFailure
+from engine.causes import Cause, ClosedByPeer, GiveUp, HandshakeRejection
 from engine.errors import ConfigError
-from engine.policy import FATAL_CLOSE_CODES, FATAL_STATUSES, Decision, Retry
+from engine.policy import FATAL_CLOSE_CODES, FATAL_STATUSES, Decision, Retry, fatal_reason
 
 __all__ = ["DecisionListener", "Governor", "HostPolicy", "QUICK_CLOSE_CODES"]
 
@@ -274,17 +274,7 @@ class Governor:
 
     def fatal(self, cause: Cause) -> str | None:
         """Why ``cause`` is not worth retrying (a readable reason), or None."""
-        if isinstance(cause, HandshakeRejection) and cause.status in self.fatal_statuses:
-            return f"the server refused the handshake with HTTP {cause.status}; retrying will not change that"
-        if isinstance(cause, InvalidHandshake) and cause.ours:
-            return "our handshake request cannot be built; check the URL and headers"
-        if isinstance(cause, ClosedByPeer) and cause.code in self.fatal_close_codes:
-            why = " (policy violation)" if cause.code == 1008 else ""
-            said = f": {cause.reason!r}" if cause.reason else ""
-            return f"the server closed with {cause.code}{why}{said}; not coming back like this"
-        if isinstance(cause, SetupFailure) and cause.rejected:
-            return f"authentication was rejected ({cause.error or cause.phase}); retrying could get us banned"
-        return None
+        return fatal_reason(cause, self.fatal_statuses, self.fatal_close_codes)
 
     # -- observation ---------------------------------------------------------
 

@@ -29,7 +29,7 @@ from engine.causes import (
 )
 from engine.errors import ConfigError
 
-__all__ = ["Backoff", "Decision", "DefaultPolicy", "ReconnectPolicy", "Retry", "decide_safely", "is_fatal"]
+__all__ = ["Backoff", "Decision", "DefaultPolicy", "ReconnectPolicy", "Retry", "decide_safely", "fatal_reason", "is_fatal"]
 
 log = logging.getLogger("wirestate.policy")
 
@@ -164,15 +164,26 @@ class DefaultPolicy:
 
     def fatal(self, cause: Cause) -> str | None:
         """Why ``cause`` is not worth retrying, or None."""
-        if isinstance(cause, HandshakeRejection) and cause.status in self.fatal_statuses:
-            return f"the server refused the handshake with HTTP {cause.status}"
-        if isinstance(cause, InvalidHandshake) and cause.ours:
-            return "our handshake request cannot be built"
-        if isinstance(cause, ClosedByPeer) and cause.code in self.fatal_close_codes:
-            return f"the server closed with {cause.code} (policy violation)"
-        if isinstance(cause, SetupFailure) and cause.rejected:
-            return "authentication was rejected"
-        return None
+        return fatal_reason(cause, self.fatal_statuses, self.fatal_close_codes)
+
+
+def fatal_reason(
+    cause: Cause,
+    fatal_statuses: frozenset[int] = FATAL_STATUSES,
+    fatal_close_codes: frozenset[int] = FATAL_CLOSE_CODES,
+) -> str | None:
+    """Why ``cause`` is not worth retrying (a readable reason), or None: the rule every policy shares."""
+    if isinstance(cause, HandshakeRejection) and cause.status in fatal_statuses:
+        return f"the server refused the handshake with HTTP {cause.status}; retrying will not change that"
+    if isinstance(cause, InvalidHandshake) and cause.ours:
+        return "our handshake request cannot be built; check the URL and headers"
+    if isinstance(cause, ClosedByPeer) and cause.code in fatal_close_codes:
+        why = " (policy violation)" if cause.code == 1008 else ""
+        said = f": {cause.reason!r}" if cause.reason else ""
+        return f"the server closed with {cause.code}{why}{said}; not coming back like this"
+    if isinstance(cause, SetupFailure) and cause.rejected:
+        return f"authentication was rejected ({cause.error or cause.phase}); retrying could get us banned"
+    return None
 
 
 def decide_safely(policy: ReconnectPolicy, cause: Cause, attempt: int, owner: str) -> Decision:
@@ -190,9 +201,6 @@ def decide_safely(policy: ReconnectPolicy, cause: Cause, attempt: int, owner: st
     return GiveUp("the reconnect policy gave no valid decision", cause)
 
 
-_DEFAULT_RULES = DefaultPolicy()
-
-
 def is_fatal(cause: Cause) -> bool:
     """Whether ``cause`` is one the default rules never retry (refused for good: 401, 1008, login...)."""
-    return _DEFAULT_RULES.fatal(cause) is not None
+    return fatal_reason(cause) is not None

@@ -111,7 +111,9 @@ async def test_fatal_rejection_gives_up_and_raises_handshake_rejected(sim: SimEx
     assert info.value.status == 401
     assert isinstance(info.value, GaveUp)
     assert conn.state is State.DISCONNECTED
-    assert conn.cause == GiveUp("the server refused the handshake with HTTP 401", HandshakeRejection(401))
+    assert conn.cause == GiveUp(
+        "the server refused the handshake with HTTP 401; retrying will not change that", HandshakeRejection(401)
+    )
     assert "gave up: the server refused the handshake with HTTP 401" in str(info.value)
     assert [e.trigger for e in conn.history][-2:] == ["lost", "give_up"]
 
@@ -340,9 +342,11 @@ async def test_a_policy_that_raises_gives_up_instead_of_crashing() -> None:
 def test_default_policy_reasons_are_readable() -> None:
     policy = DefaultPolicy(Backoff(initial=1, maximum=4, jitter=False, max_attempts=2), rng=random.Random(0))
     assert policy.decide(HandshakeRejection(403), 0) == GiveUp(
-        "the server refused the handshake with HTTP 403", HandshakeRejection(403)
+        "the server refused the handshake with HTTP 403; retrying will not change that", HandshakeRejection(403)
     )
     assert policy.decide(TransportError("reset"), 0) == Retry(1.0)
     assert policy.decide(TransportError("reset"), 1) == Retry(2.0)
     assert policy.decide(TransportError("reset"), 2) == GiveUp("2 attempts failed", TransportError("reset"))
-    assert policy.decide(ClosedByPeer(1008, "banned"), 0).reason == "the server closed with 1008 (policy violation)"  # type: ignore[union-attr]
+    assert policy.decide(ClosedByPeer(1008, "banned"), 0).reason == (  # type: ignore[union-attr]
+        "the server closed with 1008 (policy violation): 'banned'; not coming back like this"
+    )
