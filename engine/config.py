@@ -17,6 +17,7 @@ import cattrs
 
 from engine.errors import ConfigError
 from engine.policy import Backoff, ReconnectPolicy
+from engine.ratelimit import Limiter, RateLimit
 from engine.requests import ResponseKey
 from transports.base import URL, InvalidURL, parse_url
 from transports.websocket import DEFAULT_MAX_MESSAGE_SIZE, FRAME_PATHS
@@ -67,6 +68,14 @@ def _policy_or_none(instance: Any, attribute: attrs.Attribute[Any], value: Any) 
         raise ConfigError(
             f"{type(instance).__name__}.{attribute.name} must have a decide(cause, attempt) method "
             f"(see engine.policy.ReconnectPolicy), not {type(value).__name__}"
+        )
+
+
+def _rate_limit_or_none(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not isinstance(value, (RateLimit, Limiter)):
+        raise ConfigError(
+            f"{type(instance).__name__}.{attribute.name} must be a RateLimit (each connection its own "
+            f"limiter) or a Limiter (shared), not {type(value).__name__}"
         )
 
 
@@ -177,8 +186,10 @@ class ConnectionSetup:
     Under a :class:`~engine.manager.Manager`: ``unsubscriber(conn, subs)``
     sends unsubscribes; ``subscriptions_not_required`` marks a connection
     that exists only for requests (orders); ``message_filter`` is a tag
-    ``Manager.get_connection(filter)`` matches; ``rate_limit`` is reserved
-    for the send path. A setup without a handler is a template the manager
+    ``Manager.get_connection(filter)`` matches; ``rate_limit`` is a
+    :class:`~engine.ratelimit.RateLimit` (this connection gets its own limiter)
+    or a :class:`~engine.ratelimit.Limiter` (shared: other connections to the
+    host, REST calls); ``max_queued`` bounds the sends waiting for their turn. A setup without a handler is a template the manager
     completes with its global callbacks; :class:`~engine.connection.Connection`
     itself needs one.
 
@@ -219,7 +230,8 @@ class ConnectionSetup:
     unsubscriber: Subscriber | None = attrs.field(default=None, validator=_async_or_none)
     subscriptions_not_required: bool = False
     message_filter: Any = None
-    rate_limit: Any = None
+    rate_limit: Any = attrs.field(default=None, validator=_rate_limit_or_none)
+    max_queued: int = attrs.field(default=10_000, validator=_positive_int)
     ssl_context: ssl.SSLContext | None = attrs.field(default=None, repr=False)
     name: str | None = None
     _url_parsed: URL = attrs.field(init=False, repr=False, eq=False)

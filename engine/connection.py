@@ -40,8 +40,10 @@ from engine.dialing import default_dialer
 from engine.errors import ConfigError, ConnectionClosed, NotConnected, stopped_error
 from engine.events import StateChanged
 from engine.observe import StateListener, Transitions
+from engine.ratelimit import Limiter, RateLimit
 from engine.policy import Decision, DefaultPolicy, ReconnectPolicy, Retry, decide_safely
 from engine.requests import Requests, json_id
+from engine.sendqueue import Priority
 from engine.supervisor import supervise
 from engine.tasks import task_identity
 from engine.wire import Wire
@@ -54,6 +56,9 @@ __all__ = ["Connection"]
 log = logging.getLogger("wirestate.connection")
 
 Message = str | bytes
+
+
+_BY_STATE = {State.AUTHENTICATING.value: Priority.CONTROL, State.SUBSCRIBING.value: Priority.SUBSCRIPTION}
 
 
 class _Info(NamedTuple):
@@ -93,7 +98,7 @@ class Connection:
         "messages_received", "handler_errors", "sessions",
         "_dialer", "_clock", "_own_clock", "_wall_clock", "_model", "_trail",
         "_policy", "_decision", "_decided_at", "_wire", "_pause", "_tg", "_reader_task", "_task_id",
-        "_requests", "_delivery", "_ids",
+        "_requests", "_delivery", "_ids", "limiter",
     )  # fmt: skip
 
     def __init__(
@@ -155,6 +160,9 @@ class Connection:
             (lambda key, took: observe(self, key, took)) if observe else None,
         )
         self._delivery = Delivery(self)
+        #: the rate limit every send of this connection waits on (None: no limit); a Limiter
+        #: passed in the setup is shared with whoever else holds it (other connections, REST)
+        self.limiter = _limiter_of(setup.rate_limit)
         self._ids = itertools.count(1)
 
     def __repr__(self) -> str:
@@ -310,7 +318,7 @@ class Connection:
                 self._requests.fail_all(ConnectionClosed(f"{self.id}: closed", self.cause))
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close (idempotent, never raises for a connection going away); bounded by ``close_timeout``.
+        """Close (idempotent, never raises for a connection going away); bounded by twice ``close_timeout``.
 
         Returns when the run task has ended. Called from inside an async
         handler it sends the close frame and stops without waiting for the
@@ -325,7 +333,12 @@ class Connection:
             return  # never started, or already stopped
         if self.state is State.CLOSING:  # another close is under way: don't cut it short
             if not in_reader:
-                await self._wait_stopped()
+                with anyio.move_on_after(self.setup.close_timeout):
+                    await self._wait_stopped()
+                if self.state is not State.DISCONNECTED:
+                    self._stop()  # (that close is stuck; bounded all the same)
+                    with anyio.move_on_after(self.setup.close_timeout):
+                        await self._wait_stopped()
             return
         try:
             with anyio.CancelScope(deadline=self._clock() + self.setup.close_timeout):
@@ -338,7 +351,10 @@ class Connection:
             if self.state is not State.DISCONNECTED:
                 self._stop()
         if not in_reader:
-            await self._wait_stopped()
+            # Stopped tasks end promptly; a run task killed outright (an interrupt
+            # inside its own cleanup) never reports: don't wait for it forever.
+            with anyio.move_on_after(self.setup.close_timeout):
+                await self._wait_stopped()
 
     async def _wait_stopped(self) -> None:
         while self.state is not State.DISCONNECTED:
@@ -359,37 +375,55 @@ class Connection:
             raise NotConnected(f"{self.id}: cannot send while {self.state.value}")
         return wire, proto
 
-    async def _send_frame(self, wire: Wire, frame: bytes) -> None:
+    async def _send_frame(self, wire: Wire, frame: bytes, priority: int | None, weight: int | None) -> None:
+        if priority is None:
+            # What the connector sends while logging in goes first, then the subscriber's.
+            priority = _BY_STATE.get(self._model.state, Priority.NORMAL)
         try:
-            await wire.write_data(frame)
+            await wire.write_data(frame, priority, weight)
         except NotConnected as exc:
             raise NotConnected(f"{self.id}: {exc}") from None
 
-    async def send_text(self, text: str) -> None:
-        """Send one text message."""
+    async def send_text(self, text: str, *, weight: int | None = None, priority: int | None = None) -> None:
+        """Send one text message (see :meth:`send` for ``weight`` and ``priority``)."""
         wire, proto = self._open_wire()
-        await self._send_frame(wire, proto.send_text(text))
+        await self._send_frame(wire, proto.send_text(text), priority, weight)
 
-    async def send_bytes(self, data: bytes) -> None:
-        """Send one binary message."""
+    async def send_bytes(self, data: bytes, *, weight: int | None = None, priority: int | None = None) -> None:
+        """Send one binary message (see :meth:`send` for ``weight`` and ``priority``)."""
         wire, proto = self._open_wire()
-        await self._send_frame(wire, proto.send_bytes(data))
+        await self._send_frame(wire, proto.send_bytes(data), priority, weight)
 
-    async def send(self, payload: str | bytes | dict[str, Any] | list[Any]) -> None:
-        """Send ``str`` as text, ``bytes`` as binary, a dict/list as JSON text."""
+    async def send(
+        self,
+        payload: str | bytes | dict[str, Any] | list[Any],
+        *,
+        weight: int | None = None,
+        priority: int | None = None,
+    ) -> None:
+        """Send ``str`` as text, ``bytes`` as binary, a dict/list as JSON text.
+
+        ``weight``: the tokens it costs under ``setup.rate_limit`` (default:
+        the limit's weight); it waits for them on the injected clock.
+        ``priority`` (:class:`~engine.sendqueue.Priority`): by default CONTROL
+        while authenticating, SUBSCRIPTION while subscribing, NORMAL after.
+        Raises :class:`~engine.errors.ConnectionLost` if the session ends
+        while it waits (it was not sent), :class:`~engine.errors.SendQueueFull`
+        past ``setup.max_queued`` waiting sends.
+        """
         if isinstance(payload, str):
-            await self.send_text(payload)
+            await self.send_text(payload, weight=weight, priority=priority)
         elif isinstance(payload, (bytes, bytearray, memoryview)):
-            await self.send_bytes(bytes(payload))
+            await self.send_bytes(bytes(payload), weight=weight, priority=priority)
         elif isinstance(payload, (dict, list)):
-            await self.send_text(orjson.dumps(payload).decode())
+            await self.send_text(orjson.dumps(payload).decode(), weight=weight, priority=priority)
         else:
             raise TypeError(f"cannot send {type(payload).__name__}: use str, bytes, dict or list")
 
     async def ping(self, payload: bytes = b"") -> None:
         """Send a protocol-level ping (the pong resets the traffic deadline)."""
         wire, proto = self._open_wire()
-        await self._send_frame(wire, proto.send_ping(payload))
+        await self._send_frame(wire, proto.send_ping(payload), Priority.CONTROL, None)
 
     def next_id(self) -> int:
         """The next message id of this connection (1, 2, 3, ...; never reused, across reconnects)."""
@@ -427,3 +461,11 @@ class Connection:
 
 def _anyio_task_id() -> int:
     return anyio.get_current_task().id
+
+
+def _limiter_of(rate: Any) -> Limiter | None:
+    if rate is None or isinstance(rate, Limiter):
+        return rate
+    if isinstance(rate, RateLimit):
+        return rate.limiter()  # this connection's own
+    raise ConfigError(f"ConnectionSetup.rate_limit must be a RateLimit or a Limiter, not {type(rate).__name__}")

@@ -11,6 +11,7 @@
     ├── AuthenticationFailed                 raise it in a connector: a rejected login gives up
     ├── RequestTimeout (also TimeoutError)   no response within the deadline
     ├── DuplicateRequest                     a request with that key is already pending
+    ├── RateLimited                          a non-blocking send would have to wait (``wait`` seconds)
     ├── SubscriptionError                    (``keys`` names them)
     │   ├── DuplicateSubscription, SubscriptionNotFound
     │   └── SubscriptionFailed               rejected, or the subscriber raised
@@ -42,7 +43,9 @@ __all__ = [
     "InvalidState",
     "NotConnected",
     "ProtocolError",
+    "RateLimited",
     "RequestTimeout",
+    "SendQueueFull",
     "SubscriptionError",
     "SubscriptionFailed",
     "SubscriptionNotFound",
@@ -94,8 +97,24 @@ class RequestTimeout(WirestateError, TimeoutError):
         self.responses: list[str | bytes] = list(responses or ())
 
 
+class SendQueueFull(WirestateError):
+    """Too many sends are already waiting on this connection (``max_queued``)."""
+
+
 class DuplicateRequest(WirestateError):
     """A request with the same key is already waiting for its response."""
+
+
+class RateLimited(WirestateError):
+    """A non-blocking acquire (``Limiter.try_acquire``) found no room; ``wait`` is the seconds it would need.
+
+    ``wait`` counts from the moment of the refusal and includes the sends
+    already queued ahead (nothing else sent meanwhile).
+    """
+
+    def __init__(self, message: str, wait: float) -> None:
+        super().__init__(message)
+        self.wait = wait
 
 
 class ConnectionClosed(WirestateError):

@@ -55,6 +55,7 @@ class SessionHost(Protocol):
     _pause: anyio.CancelScope | None
     _decision: Decision | None
     _decided_at: float
+    limiter: Any
     _requests: Requests
 
     @property

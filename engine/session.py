@@ -39,7 +39,14 @@ async def run_session(conn: SessionHost) -> None:
     setup = conn.setup
     conn.sessions += 1
     with anyio.CancelScope(deadline=conn._clock() + setup.open_timeout) as scope:
-        wire = conn._wire = Wire(scope, conn._end_session)
+        limiter = conn.limiter
+        wire = conn._wire = Wire(
+            scope,
+            conn._end_session,
+            limiter=limiter,
+            count_control=limiter.rate.count_control if limiter is not None else False,
+            max_queued=setup.max_queued,
+        )
         try:
             await _open_and_run(conn, wire)
         finally:

@@ -1,25 +1,27 @@
 """One session's wire: its stream and protocol, its cancel scopes, and ordered writes.
 
 A :class:`Wire` lives from dial to teardown of one socket. Every write goes
-through its :class:`SendGate`, first come first served, so frames never
-interleave. Writes are of two kinds: *control* (pongs, close frames, the
-keepalive ping: what the reader writes) and *data* (what the application and
-its hooks send); a priority send queue can put the first kind ahead.
+through its :class:`~engine.sendqueue.SendQueue`, so frames never interleave
+and control frames (pongs, close frames, the keepalive ping: what the reader
+writes) go before subscription and normal sends. A send that the rate limit
+makes wait waits *before* it queues, so it never holds up a pong.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 
 from engine.causes import Cause, TransportError
 from engine.errors import NotConnected
+from engine.sendqueue import Priority, SendQueue
 from transports.base import NO_CAPABILITIES, ByteStream, Capabilities, capabilities_of
 from transports.websocket import ClientProtocol
 
-__all__ = ["SendGate", "TRANSPORT_ERRORS", "Wire", "describe"]
+__all__ = ["TRANSPORT_ERRORS", "Wire", "describe"]
 
 TRANSPORT_ERRORS = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream)
 
@@ -28,55 +30,6 @@ def describe(exc: BaseException) -> str:
     """``Type: message`` (or just the type) for causes and logs."""
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-class SendGate:
-    """Serializes frame writes of one session, first come first served.
-
-    Uncontended it is a flag (no checkpoint, no allocation); a waiter gets
-    the gate handed over directly on release, so a sender that loops cannot
-    starve the reader's pongs. ``close()`` fails every waiter.
-    """
-
-    __slots__ = ("busy", "waiters", "closed")
-
-    def __init__(self) -> None:
-        self.busy = False
-        self.waiters: list[anyio.Event] = []
-        self.closed = False
-
-    async def acquire(self) -> None:
-        if self.closed:
-            raise NotConnected("the session has ended")
-        if not self.busy:
-            self.busy = True
-            return
-        turn = anyio.Event()
-        self.waiters.append(turn)
-        try:
-            await turn.wait()
-        except BaseException:
-            if turn in self.waiters:
-                self.waiters.remove(turn)
-            elif not self.closed:
-                self.release()  # it was handed to us as we were cancelled: pass it on
-            raise
-        if self.closed:
-            raise NotConnected("the session has ended")
-
-    def release(self) -> None:
-        if self.closed:
-            return
-        if self.waiters:
-            self.waiters.pop(0).set()  # stays busy: ownership moves to the next sender
-        else:
-            self.busy = False
-
-    def close(self) -> None:
-        self.closed = True
-        waiters, self.waiters = self.waiters, []
-        for turn in waiters:
-            turn.set()
 
 
 class Wire:
@@ -89,18 +42,31 @@ class Wire:
     reconnect attempt count).
     """
 
-    __slots__ = ("scope", "setup_scope", "stream", "proto", "caps", "gate", "last_rx", "live_since", "_end")
+    __slots__ = (
+        "scope", "setup_scope", "stream", "proto", "caps", "gate", "last_rx", "live_since", "_end", "_limiter",
+        "_count_control",
+    )  # fmt: skip
 
-    def __init__(self, scope: anyio.CancelScope, end: Callable[[Cause], None]) -> None:
+    def __init__(
+        self,
+        scope: anyio.CancelScope,
+        end: Callable[[Cause], None],
+        *,
+        limiter: Any = None,
+        count_control: bool = True,
+        max_queued: int = 10_000,
+    ) -> None:
         self.scope = scope
         self.setup_scope: anyio.CancelScope | None = None
         self.stream: ByteStream | None = None
         self.proto: ClientProtocol | None = None
         self.caps: Capabilities = NO_CAPABILITIES
-        self.gate = SendGate()
+        self.gate = SendQueue(max_queued)
         self.last_rx = 0.0
         self.live_since: float | None = None  # when this session went live
         self._end = end  # ends the session with a cause (the connection's)
+        self._limiter = limiter  # the connection's rate limit (an engine.ratelimit.Limiter), or None
+        self._count_control = count_control
 
     def attach(self, stream: ByteStream, proto: ClientProtocol, now: float) -> None:
         self.stream, self.proto = stream, proto
@@ -113,8 +79,10 @@ class Wire:
             self.setup_scope.cancel()
 
     async def write_control(self, data: bytes) -> None:
-        """A frame the protocol itself needs out (pong, close, keepalive ping)."""
-        await self._write(data)
+        """A frame the protocol itself needs out (pong, close, keepalive ping): first in line."""
+        if self._limiter is not None and self._count_control:
+            await self._limiter.acquire(1)
+        await self._write(data, Priority.CONTROL)
 
     async def settle(self, rounds: int = 3) -> None:
         """Give a write in flight a few scheduling rounds to finish before the stream closes.
@@ -129,19 +97,21 @@ class Wire:
                 return
             await anyio.lowlevel.cancel_shielded_checkpoint()
 
-    async def write_data(self, data: bytes) -> None:
-        """A frame the application sends; transport errors become :class:`NotConnected`."""
+    async def write_data(self, data: bytes, priority: int = Priority.NORMAL, weight: int | None = None) -> None:
+        """A frame the application sends, after the rate limit; transport errors become :class:`NotConnected`."""
+        if self._limiter is not None:
+            await self._limiter.acquire(weight)
         try:
-            await self._write(data)
+            await self._write(data, priority)
         except TRANSPORT_ERRORS as exc:
             raise NotConnected(f"send failed: {describe(exc)}") from None
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: bytes, priority: int) -> None:
         stream = self.stream
         if stream is None:
             raise NotConnected("not connected")
         gate = self.gate
-        await gate.acquire()
+        await gate.acquire(priority)
         try:
             try:
                 await stream.send(data)
@@ -152,7 +122,7 @@ class Wire:
                 # pieces part of the frame may be on the wire, and anything sent
                 # after it would be spliced into its payload. End the session.
                 if not self.caps.atomic_send:
-                    gate.close()
+                    gate.close("the session ended: a send was interrupted mid-frame")
                     self._end(TransportError("a send was interrupted mid-frame"))
                 raise
         finally:
