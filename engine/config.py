@@ -72,10 +72,20 @@ def _policy_or_none(instance: Any, attribute: attrs.Attribute[Any], value: Any) 
 
 
 def _rate_limit_or_none(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and not isinstance(value, (RateLimit, Limiter)):
+    if value is not None and not isinstance(value, (RateLimit, Limiter)) and not callable(value):
         raise ConfigError(
             f"{type(instance).__name__}.{attribute.name} must be a RateLimit (each connection its own "
-            f"limiter) or a Limiter (shared), not {type(value).__name__}"
+            f"limiter), a Limiter (shared) or a () -> Limiter factory, not {type(value).__name__}"
+        )
+
+
+def _message_id(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None or value in ("counter", "uuid7"):
+        return
+    if not callable(value) or is_async(value):
+        raise ConfigError(
+            f"{type(instance).__name__}.{attribute.name} must be None (a counter), \"counter\", \"uuid7\" "
+            f"or a plain () -> int | str, not {value!r}"
         )
 
 
@@ -181,7 +191,9 @@ class ConnectionSetup:
     ``conn.request(..., key=...)`` a message answers (default: the ``"id"``
     of a JSON object; it runs only while a request waits);
     ``response_max_limit`` is the default wait per expected response;
-    ``latency_observer(conn, key, seconds)`` hears how long each answered request took.
+    ``latency_observer(conn, key, seconds)`` hears how long each answered request took;
+    ``message_id`` makes ``conn.next_id()``: a per-connection counter (None),
+    ``"uuid7"``, or your own ``() -> int | str``.
 
     Under a :class:`~engine.manager.Manager`: ``unsubscriber(conn, subs)``
     sends unsubscribes; ``subscriptions_not_required`` marks a connection
@@ -232,6 +244,7 @@ class ConnectionSetup:
     message_filter: Any = None
     rate_limit: Any = attrs.field(default=None, validator=_rate_limit_or_none)
     max_queued: int = attrs.field(default=10_000, validator=_positive_int)
+    message_id: Any = attrs.field(default=None, validator=_message_id)
     ssl_context: ssl.SSLContext | None = attrs.field(default=None, repr=False)
     name: str | None = None
     _url_parsed: URL = attrs.field(init=False, repr=False, eq=False)

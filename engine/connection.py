@@ -19,17 +19,15 @@ transition (with the policy's decision).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import random
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import orjson
 
 from engine.causes import Cancelled, Cause
 from engine.clock import Clock, loop_clock
@@ -37,28 +35,26 @@ from engine.closing import begin_close, leave_block, stop
 from engine.config import ConnectionSetup
 from engine.delivery import Delivery
 from engine.dialing import default_dialer
-from engine.errors import ConfigError, ConnectionClosed, NotConnected, stopped_error
+from engine.errors import ConfigError, ConnectionClosed, stopped_error
 from engine.events import StateChanged
+from engine.ids import message_id_source
 from engine.observe import StateListener, Transitions
-from engine.ratelimit import Limiter, RateLimit
 from engine.policy import Decision, DefaultPolicy, ReconnectPolicy, Retry, decide_safely
+from engine.ratelimit import Limiter, limiter_source
 from engine.requests import Requests, json_id
-from engine.sendqueue import Priority
+from engine.sending import Sending
 from engine.supervisor import supervise
 from engine.tasks import task_identity
 from engine.wire import Wire
 from machines.connection import ConnectionModel, State, state_of
 from transports.base import Dialer
-from transports.websocket import ClientProtocol, ProtocolState, is_valid_close_code
+from transports.websocket import is_valid_close_code
 
 __all__ = ["Connection"]
 
 log = logging.getLogger("wirestate.connection")
 
 Message = str | bytes
-
-
-_BY_STATE = {State.AUTHENTICATING.value: Priority.CONTROL, State.SUBSCRIBING.value: Priority.SUBSCRIPTION}
 
 
 class _Info(NamedTuple):
@@ -69,7 +65,7 @@ class _Info(NamedTuple):
     delay: float | None
 
 
-class Connection:
+class Connection(Sending):
     """A self-healing WebSocket connection slot.
 
     Use as ``async with Connection(setup) as conn:`` (runs in a task group the
@@ -162,8 +158,9 @@ class Connection:
         self._delivery = Delivery(self)
         #: the rate limit every send of this connection waits on (None: no limit); a Limiter
         #: passed in the setup is shared with whoever else holds it (other connections, REST)
-        self.limiter = _limiter_of(setup.rate_limit)
-        self._ids = itertools.count(1)
+        source = limiter_source(setup.rate_limit)
+        self.limiter: Limiter | None = source() if source is not None else None
+        self._ids = message_id_source(setup.message_id)
 
     def __repr__(self) -> str:
         return f"<Connection {self.id!r} {self.state.value}>"
@@ -366,106 +363,7 @@ class Connection:
     def _stop(self) -> None:
         stop(self)
 
-    # -- sending and requests -------------------------------------------
-
-    def _open_wire(self) -> tuple[Wire, ClientProtocol]:
-        wire = self._wire
-        proto = wire.proto if wire is not None else None
-        if wire is None or proto is None or proto.state is not ProtocolState.OPEN:
-            raise NotConnected(f"{self.id}: cannot send while {self.state.value}")
-        return wire, proto
-
-    async def _send_frame(self, wire: Wire, frame: bytes, priority: int | None, weight: int | None) -> None:
-        if priority is None:
-            # What the connector sends while logging in goes first, then the subscriber's.
-            priority = _BY_STATE.get(self._model.state, Priority.NORMAL)
-        try:
-            await wire.write_data(frame, priority, weight)
-        except NotConnected as exc:
-            raise NotConnected(f"{self.id}: {exc}") from None
-
-    async def send_text(self, text: str, *, weight: int | None = None, priority: int | None = None) -> None:
-        """Send one text message (see :meth:`send` for ``weight`` and ``priority``)."""
-        wire, proto = self._open_wire()
-        await self._send_frame(wire, proto.send_text(text), priority, weight)
-
-    async def send_bytes(self, data: bytes, *, weight: int | None = None, priority: int | None = None) -> None:
-        """Send one binary message (see :meth:`send` for ``weight`` and ``priority``)."""
-        wire, proto = self._open_wire()
-        await self._send_frame(wire, proto.send_bytes(data), priority, weight)
-
-    async def send(
-        self,
-        payload: str | bytes | dict[str, Any] | list[Any],
-        *,
-        weight: int | None = None,
-        priority: int | None = None,
-    ) -> None:
-        """Send ``str`` as text, ``bytes`` as binary, a dict/list as JSON text.
-
-        ``weight``: the tokens it costs under ``setup.rate_limit`` (default:
-        the limit's weight); it waits for them on the injected clock.
-        ``priority`` (:class:`~engine.sendqueue.Priority`): by default CONTROL
-        while authenticating, SUBSCRIPTION while subscribing, NORMAL after.
-        Raises :class:`~engine.errors.ConnectionLost` if the session ends
-        while it waits (it was not sent), :class:`~engine.errors.SendQueueFull`
-        past ``setup.max_queued`` waiting sends.
-        """
-        if isinstance(payload, str):
-            await self.send_text(payload, weight=weight, priority=priority)
-        elif isinstance(payload, (bytes, bytearray, memoryview)):
-            await self.send_bytes(bytes(payload), weight=weight, priority=priority)
-        elif isinstance(payload, (dict, list)):
-            await self.send_text(orjson.dumps(payload).decode(), weight=weight, priority=priority)
-        else:
-            raise TypeError(f"cannot send {type(payload).__name__}: use str, bytes, dict or list")
-
-    async def ping(self, payload: bytes = b"") -> None:
-        """Send a protocol-level ping (the pong resets the traffic deadline)."""
-        wire, proto = self._open_wire()
-        await self._send_frame(wire, proto.send_ping(payload), Priority.CONTROL, None)
-
-    def next_id(self) -> int:
-        """The next message id of this connection (1, 2, 3, ...; never reused, across reconnects)."""
-        return next(self._ids)  # (itertools.count: atomic, also across threads)
-
-    async def request(
-        self,
-        payload: str | bytes | dict[str, Any] | list[Any],
-        *,
-        key: Hashable,
-        expect: int = 1,
-        timeout: float | None = None,
-        is_final: Callable[[Message], bool] | None = None,
-    ) -> Any:
-        """Send ``payload`` and wait for the response(s) whose key is ``key``.
-
-        A message answers when ``setup.response_key(message) == key`` (by
-        default the ``"id"`` of a JSON object). The key is registered before
-        the send, so a fast reply is never missed; answers are not passed to
-        the handler. ``expect=N`` gathers N responses (returns a list);
-        ``is_final(message)`` ends the wait early. ``timeout`` defaults to
-        ``setup.response_max_limit * expect``; the send counts toward it.
-
-        Raises :class:`~engine.errors.DuplicateRequest` if ``key`` is already
-        pending, :class:`~engine.errors.RequestTimeout`, or
-        :class:`~engine.errors.ConnectionLost` if the socket drops first (the
-        request's outcome is then unknown). Don't await it from inside the
-        handler: the handler runs in the reader, which delivers the reply.
-        """
-        if isinstance(expect, bool) or not isinstance(expect, int) or expect < 1:
-            raise ValueError(f"expect must be a positive integer, not {expect!r}")
-        limit = timeout if timeout is not None else self.setup.response_max_limit * expect
-        return await self._requests.request(self.send, payload, key, expect, self._clock() + limit, is_final, self._clock)
-
 
 def _anyio_task_id() -> int:
     return anyio.get_current_task().id
 
-
-def _limiter_of(rate: Any) -> Limiter | None:
-    if rate is None or isinstance(rate, Limiter):
-        return rate
-    if isinstance(rate, RateLimit):
-        return rate.limiter()  # this connection's own
-    raise ConfigError(f"ConnectionSetup.rate_limit must be a RateLimit or a Limiter, not {type(rate).__name__}")

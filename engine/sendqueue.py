@@ -21,7 +21,7 @@ import anyio
 
 from engine.errors import ConnectionLost, SendQueueFull
 
-__all__ = ["Priority", "SendQueue"]
+__all__ = ["Priority", "SendQueue", "priority_in"]
 
 
 class Priority(enum.IntEnum):
@@ -30,6 +30,15 @@ class Priority(enum.IntEnum):
     CONTROL = 0
     SUBSCRIPTION = 1
     NORMAL = 2
+
+
+# What the connector sends while logging in goes first, then the subscriber's.
+_BY_STATE = {"authenticating": Priority.CONTROL, "subscribing": Priority.SUBSCRIPTION}
+
+
+def priority_in(state: str) -> Priority:
+    """The default priority of a send made while the connection is in ``state`` (its value)."""
+    return _BY_STATE.get(state, Priority.NORMAL)
 
 
 class _Turn:

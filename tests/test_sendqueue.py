@@ -170,3 +170,22 @@ async def test_one_limiter_shared_by_two_connections_holds_the_combined_rate() -
     assert len(times) == 12
     for i in range(len(times) - 4):  # never more than 4 in any second, over both connections
         assert times[i + 4] - times[i] >= 1.0 - 1e-6
+
+
+async def test_message_ids_counter_uuid7_or_your_own() -> None:
+    import uuid
+
+    from engine import ConfigError
+
+    async with SimExchange() as sim:
+        with anyio.fail_after(60):
+            async with Connection(setup_for(url="ws://sim.test/ws"), dialer=sim.dialer()) as counted:
+                assert [counted.next_id() for _ in range(3)] == [1, 2, 3]
+            made = iter(["a", "b"])
+            async with Connection(setup_for(url="ws://sim.test/ws", message_id=lambda: next(made)), dialer=sim.dialer()) as own:
+                assert [own.next_id(), own.next_id()] == ["a", "b"]
+            async with Connection(setup_for(url="ws://sim.test/ws", message_id="uuid7"), dialer=sim.dialer()) as timed:
+                ids = [timed.next_id() for _ in range(100)]
+                assert sorted(ids) == ids and uuid.UUID(str(ids[0])).version == 7
+    with pytest.raises(ConfigError, match="message_id"):
+        setup_for(message_id="sequential")
