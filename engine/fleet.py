@@ -8,6 +8,7 @@ restarts and URL changes.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from typing import Any
@@ -16,17 +17,21 @@ import anyio
 import anyio.abc
 import attrs
 
+from engine.causes import GiveUp
 from engine.clock import Clock
 from engine.config import ConnectionSetup, WebsocketSetup
 from engine.connection import Connection
 from engine.errors import ConfigError, WirestateError
 from engine.events import StateChanged
 from engine.ledger import Ledger
+from engine.policy import is_fatal
 from engine.slots import Group, Slot, slot_setup
 from machines.connection import State
 from transports.base import Dialer
 
 __all__ = ["Fleet"]
+
+log = logging.getLogger("wirestate.manager")
 
 
 class Fleet:
@@ -151,3 +156,17 @@ class Fleet:
         for slot in group.slots:
             slot.conn = self._connection(group, slot.id)
         await self.enable(name)
+
+    async def heal_forever(self, interval: float) -> None:
+        """Every ``interval`` seconds: start again enabled connections that gave up for a reason
+        that may pass (a spent retry budget), never those refused for good (login, 1008, 401)."""
+        while True:
+            await anyio.sleep(interval)
+            for slot in list(self.slots.values()):
+                cause = slot.conn.cause
+                if not (slot.enabled and slot.conn.state is State.DISCONNECTED and isinstance(cause, GiveUp)):
+                    continue
+                if cause.last is not None and is_fatal(cause.last):
+                    continue
+                log.info("manager %s: %s gave up (%s); starting it again", self.ws.exchange, slot.id, cause)
+                await self.restart(slot)

@@ -40,10 +40,8 @@ from engine.errors import (
     SubscriptionNotFound,
     WirestateError,
 )
-from engine.causes import GiveUp
 from engine.events import StateChanged
 from engine.fleet import Fleet
-from engine.policy import is_fatal
 from engine.ledger import SETTLED, Entry, Ledger
 from engine.slots import ConnectionInfo, Group, Slot, send_subscribe, send_unsubscribe
 from engine.subscriptions import Subscription, SubscriptionInfo, listed, names
@@ -241,7 +239,7 @@ class Manager:
                 if group.setup.subscriptions_not_required:
                     self._fleet.new_slot(group)
             await self.flush(wait=False)
-            tg.start_soon(self._monitor)
+            tg.start_soon(self._fleet.heal_forever, self.setup.connection_monitor_interval)
             groups = self._fleet.groups.values()
             bound = timeout if timeout is not None else max(g.setup.open_timeout + g.setup.setup_timeout for g in groups)
             with anyio.move_on_after(bound):
@@ -259,20 +257,6 @@ class Manager:
             self._model.fire("stopped")
             raise
         self._model.fire("started")
-
-    async def _monitor(self) -> None:
-        """Every ``connection_monitor_interval``: start again enabled connections that gave up for a
-        reason that may pass (a spent retry budget), never those refused for good (login, 1008, 401)."""
-        interval = self.setup.connection_monitor_interval
-        while True:
-            await anyio.sleep(interval)
-            for slot in list(self._fleet.slots.values()):
-                cause = slot.conn.cause
-                if slot.enabled and slot.conn.state is State.DISCONNECTED and isinstance(cause, GiveUp):
-                    if cause.last is not None and is_fatal(cause.last):
-                        continue
-                    log.info("manager %s: %s gave up (%s); starting it again", self.setup.exchange, slot.id, cause)
-                    await self._fleet.restart(slot)
 
     async def shutdown(self) -> None:
         """Close every connection (1000, bounded by their close timeouts); idempotent."""
