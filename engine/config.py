@@ -16,6 +16,7 @@ import attrs
 import cattrs
 
 from engine.errors import ConfigError
+from engine.liveness import AppPing
 from engine.policy import Backoff, ReconnectPolicy
 from engine.ratelimit import Limiter, RateLimit
 from engine.requests import ResponseKey
@@ -77,6 +78,11 @@ def _rate_limit_or_none(instance: Any, attribute: attrs.Attribute[Any], value: A
             f"{type(instance).__name__}.{attribute.name} must be a RateLimit (each connection its own "
             f"limiter), a Limiter (shared) or a () -> Limiter factory, not {type(value).__name__}"
         )
+
+
+def _app_ping_or_none(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not isinstance(value, AppPing):
+        raise ConfigError(f"{type(instance).__name__}.{attribute.name} must be an AppPing, not {type(value).__name__}")
 
 
 def _message_id(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -192,6 +198,8 @@ class ConnectionSetup:
     of a JSON object; it runs only while a request waits);
     ``response_max_limit`` is the default wait per expected response;
     ``latency_observer(conn, key, seconds)`` hears how long each answered request took;
+    ``app_ping`` (:class:`~engine.liveness.AppPing`) replaces the protocol
+    keepalive ping with the exchange's own text or binary ping;
     ``message_id`` makes ``conn.next_id()``: a per-connection counter (None),
     ``"uuid7"``, or your own ``() -> int | str``.
 
@@ -245,6 +253,7 @@ class ConnectionSetup:
     rate_limit: Any = attrs.field(default=None, validator=_rate_limit_or_none)
     max_queued: int = attrs.field(default=10_000, validator=_positive_int)
     message_id: Any = attrs.field(default=None, validator=_message_id)
+    app_ping: AppPing | None = attrs.field(default=None, validator=_app_ping_or_none)
     ssl_context: ssl.SSLContext | None = attrs.field(default=None, repr=False)
     name: str | None = None
     _url_parsed: URL = attrs.field(init=False, repr=False, eq=False)

@@ -11,8 +11,41 @@ silent, and a frame that takes longer than ``traffic_timeout`` plus
 from __future__ import annotations
 
 import enum
+from typing import Any
 
-__all__ = ["Liveness", "Expiry"]
+import attrs
+
+from engine.errors import ConfigError
+
+__all__ = ["AppPing", "Liveness", "Expiry"]
+
+
+def _payload(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if attribute.name == "reply" and value is None:
+        return
+    if not isinstance(value, (str, bytes)) or not value:
+        raise ConfigError(f"AppPing.{attribute.name} must be a non-empty str (text) or bytes (binary), not {value!r}")
+
+
+def _interval(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf")):
+        raise ConfigError(f"AppPing.interval must be a positive number of seconds or None, not {value!r}")
+
+
+@attrs.frozen
+class AppPing:
+    """An application-level ping, for exchanges that want one (OKX: the text ``"ping"``, answered ``"pong"``).
+
+    ``message`` is sent (as text for ``str``, binary for ``bytes``) instead of
+    a protocol ping after ``interval`` seconds without a complete frame (None:
+    half the traffic timeout, like the protocol keepalive), and as the probe
+    when the connection turns stale. A message equal to ``reply`` is traffic
+    like any other frame but is not handed to the handler.
+    """
+
+    message: str | bytes = attrs.field(validator=_payload)
+    interval: float | None = attrs.field(default=None, validator=_interval)
+    reply: str | bytes | None = attrs.field(default=None, validator=_payload)
 
 
 class Expiry(enum.Enum):
@@ -34,10 +67,10 @@ class Liveness:
 
     __slots__ = ("timeout", "grace", "keepalive", "pinged_at", "stale_until")
 
-    def __init__(self, timeout: float, grace: float, keepalive: bool) -> None:
+    def __init__(self, timeout: float, grace: float, keepalive: bool, every: float | None = None) -> None:
         self.timeout = timeout
         self.grace = grace
-        self.keepalive = timeout / 2 if keepalive else None
+        self.keepalive = (every if every is not None else timeout / 2) if keepalive else None
         self.pinged_at: float | None = None  # the last_rx value our keepalive ping followed
         self.stale_until = 0.0  # grace deadline, meaningful while the machine is stale
 

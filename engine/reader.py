@@ -46,7 +46,10 @@ async def read(conn: SessionHost, wire: Wire, leftovers: list[object]) -> None:
     requests = conn._requests
     delivery = conn._delivery
     size = setup.read_size
-    live = Liveness(setup.traffic_timeout, setup.pong_timeout, setup.keepalive)
+    app_ping = setup.app_ping
+    live = Liveness(setup.traffic_timeout, setup.pong_timeout, setup.keepalive or app_ping is not None,
+                    app_ping.interval if app_ping is not None else None)  # fmt: skip
+    swallow = app_ping.reply if app_ping is not None else None  # the app ping's answer: not for the handler
     while True:
         stale = model.state == _STALE
         try:
@@ -79,6 +82,11 @@ async def read(conn: SessionHost, wire: Wire, leftovers: list[object]) -> None:
             if await _dispatch(conn, wire, proto, items):
                 return
         else:
+            if swallow is not None and swallow in items:
+                items = [m for m in items if m != swallow]
+                if not items:
+                    wire.last_rx = clock()
+                    continue
             conn.messages_received += len(items)
             await delivery.deliver(items)  # type: ignore[arg-type]  # controls==False: all str/bytes
         # Taken after handling: time spent in a slow handler is not the peer's silence.
@@ -101,7 +109,12 @@ async def _ping(conn: SessionHost, wire: Wire, proto: ClientProtocol) -> bool:
     """Send a ping if the WebSocket is open; False when that ended the session."""
     if proto.state is not ProtocolState.OPEN:
         return True
-    return await _reader_write(conn, wire, proto.send_ping(b"wirestate"), "ping")
+    app_ping = conn.setup.app_ping
+    if app_ping is None:
+        return await _reader_write(conn, wire, proto.send_ping(b"wirestate"), "ping")
+    message = app_ping.message
+    frame = proto.send_text(message) if isinstance(message, str) else proto.send_bytes(message)
+    return await _reader_write(conn, wire, frame, "ping")
 
 
 async def _reader_write(conn: SessionHost, wire: Wire, data: bytes, what: str) -> bool:
@@ -124,10 +137,12 @@ async def _dispatch(conn: SessionHost, wire: Wire, proto: ClientProtocol, items:
     """Slow path: a read with control events or pending requests. True: the session is over."""
     messages: list[str | bytes] = []
     requests = conn._requests
+    app_ping = conn.setup.app_ping
+    swallow = app_ping.reply if app_ping is not None else None
     for item in items:
         kind = type(item)
         if kind is str or kind is bytes:
-            if requests and requests.offer(item):  # type: ignore[arg-type]
+            if item == swallow or (requests and requests.offer(item)):  # type: ignore[arg-type]
                 continue
             messages.append(item)  # type: ignore[arg-type]
         elif kind is Close:
