@@ -167,8 +167,18 @@ async def _dispatch(conn: SessionHost, wire: Wire, proto: ClientProtocol, items:
                     pass
         else:
             over = not await _reader_write(conn, wire, outgoing, "pong")
-    cause: Cause | None = None
-    if proto.state is ProtocolState.CLOSED:
+    closed = proto.state is ProtocolState.CLOSED
+    if messages:
+        # What arrived before the close (or the failure) is handed over first,
+        # while the session still counts as up; when ending, within close_timeout.
+        conn.messages_received += len(messages)
+        if over or closed:
+            with anyio.CancelScope(shield=True, deadline=conn._clock() + conn.setup.close_timeout):
+                await conn._delivery.deliver(messages)
+        else:
+            await conn._delivery.deliver(messages)
+    if closed:
+        cause: Cause
         if proto.close_received is None:  # we failed the connection
             code, why = proto.close_sent or (1002, "protocol error")
             cause = ProtocolError(code, why)
@@ -176,15 +186,6 @@ async def _dispatch(conn: SessionHost, wire: Wire, proto: ClientProtocol, items:
             cause = ClosedByPeer(*proto.close_received)
         _done(conn, wire, cause)
         over = True
-    if messages:
-        conn.messages_received += len(messages)
-        if over:
-            # Ending, but what arrived is still handed over, within close_timeout.
-            with anyio.CancelScope(shield=True, deadline=conn._clock() + conn.setup.close_timeout):
-                await conn._delivery.deliver(messages)
-        else:
-            await conn._delivery.deliver(messages)
-    if cause is not None:
         stream = wire.stream
         assert stream is not None
         deadline = conn._clock() + conn.setup.close_timeout
