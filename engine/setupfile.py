@@ -68,23 +68,16 @@ FILE`` runs all this from the command line.
 
 from __future__ import annotations
 
-import collections.abc
 import difflib
-import importlib
-import inspect
 import json
 import os
 import re
-import ssl
 import tomllib
-import types
-import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
-import cattrs
 from cattrs.errors import (
     AttributeValidationNote,
     BaseValidationError,
@@ -92,12 +85,11 @@ from cattrs.errors import (
     ForbiddenExtraKeysError,
     IterableValidationError,
 )
-from cattrs.gen import make_dict_structure_fn, override
 
 from engine.config import ConnectionSetup, WebsocketSetup
 from engine.errors import ConfigError
-from engine.policy import Backoff, ReconnectPolicy
-from transports.base import InvalidURL, parse_url
+from engine.policy import Backoff
+from engine.setupfields import Problem, converter, kind_of
 
 __all__ = ["SetupFileError", "load_setups"]
 
@@ -122,198 +114,6 @@ class SetupFileError(ConfigError):
         else:
             message = f"{len(self.problems)} problems in {where}:\n" + "\n".join(f"  {p}" for p in self.problems)
         super().__init__(message)
-
-
-class _Problem(ValueError):
-    """One readable problem found while structuring a value (the message is the line, without its place)."""
-
-
-# -- references: "module:attribute" -> the object ------------------------------------------------
-
-
-def _kind(value: Any) -> str:
-    """A value's kind in the file's terms, never its content (strings may be secrets)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    return type(value).__name__
-
-
-def _import_reference(value: Any) -> Any:
-    """The object a ``"module:attribute"`` string names, imported; a :class:`_Problem` says why not."""
-    if not isinstance(value, str):
-        raise _Problem(f"must be a 'module:attribute' reference, not {_kind(value)}")
-    module_name, colon, attribute = value.partition(":")
-    if not colon or not module_name.strip() or not attribute.strip():
-        raise _Problem(f"{value!r} is not a 'module:attribute' reference (like 'mypkg.handlers:on_message')")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise _Problem(f"cannot import {value!r}: {exc}") from None
-    except (Exception, SystemExit) as exc:  # the module itself failed while importing
-        why = f"importing {module_name!r} raised {type(exc).__name__}: {exc}"
-        raise _Problem(f"cannot import {value!r}: {why}") from None
-    for part in attribute.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError as exc:
-            raise _Problem(f"cannot import {value!r}: {exc}") from None
-    return obj
-
-
-def _is_reference_type(tp: Any) -> bool:
-    """Types a file can only give by reference: callables, the policy protocol, an SSL context."""
-    return typing.get_origin(tp) is collections.abc.Callable or tp in (ReconnectPolicy, ssl.SSLContext)
-
-
-# -- strict scalars: no "30" for a number, no 1 for true -----------------------------------------
-
-
-def _bool(value: Any, _: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Problem(f"must be true or false, not {_kind(value)}")
-    return value
-
-
-def _int(value: Any, _: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        shown = f"{value!r}" if isinstance(value, float) else _kind(value)
-        raise _Problem(f"must be an integer, not {shown}")
-    return value
-
-
-def _float(value: Any, _: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _Problem(f"must be a number, not {_kind(value)}")
-    return value  # an int stays an int: messages show the number as written
-
-
-def _str(value: Any, _: Any) -> str:
-    if not isinstance(value, str):
-        raise _Problem(f"must be a string, not {_kind(value)}")
-    return value
-
-
-# -- fields with their own shape in a file ---------------------------------------------------------
-
-
-def _url(value: Any) -> str:
-    url = _str(value, str)
-    try:
-        parse_url(url)
-    except InvalidURL as exc:  # its message shows the URL redacted
-        raise _Problem(str(exc)) from None
-    return url
-
-
-def _subprotocols(value: Any) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
-        raise _Problem("must be a string or a list of strings")
-    return tuple(items)
-
-
-def _extra_headers(value: Any) -> tuple[tuple[str, str], ...]:
-    if not isinstance(value, Mapping):
-        raise _Problem(f"must be a table of header names to strings, not {_kind(value)}")
-    for name, header_value in value.items():
-        if not isinstance(header_value, str):  # the value is not shown: headers carry API keys
-            raise _Problem(f"the value of {name!r} must be a string, not {_kind(header_value)}")
-    return tuple((str(k), v) for k, v in value.items())
-
-
-def _on_state_change(value: Any) -> tuple[Any, ...]:
-    references = [value] if isinstance(value, str) else value
-    if not isinstance(references, list):
-        raise _Problem(f"must be a 'module:attribute' reference or a list of them, not {_kind(value)}")
-    listeners = []
-    for i, reference in enumerate(references):
-        try:
-            listeners.append(_import_reference(reference))
-        except _Problem as exc:
-            raise _Problem(f"[{i}] {exc}" if len(references) > 1 else str(exc)) from None
-    return tuple(listeners)
-
-
-#: field name -> hook, for fields whose file form differs from their declared type
-_FIELD_SHAPES: dict[str, Callable[[Any], Any]] = {
-    "url": _url,
-    "subprotocols": _subprotocols,
-    "extra_headers": _extra_headers,
-    "on_state_change": _on_state_change,
-}
-
-
-# -- the converter ---------------------------------------------------------------------------------
-
-
-def _optional(tp: Any) -> tuple[bool, Any]:
-    """(True, T) for ``T | None``; (False, tp) otherwise."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        rest = [a for a in args if a is not type(None)]
-        if len(rest) < len(args) and len(rest) == 1:
-            return True, rest[0]
-    return False, tp
-
-
-def _field_hook(cls: type[Any], field: attrs.Attribute[Any]) -> Callable[[Any, Any], Any]:
-    """Structure one field's value, then run its attrs validator at once (so every bad field is reported)."""
-    shape = _FIELD_SHAPES.get(field.name) if cls is ConnectionSetup else None
-    nullable, inner = _optional(field.type)
-
-    def hook(value: Any, _: Any) -> Any:
-        if value is None and nullable:
-            structured = None
-        elif shape is not None:
-            structured = shape(value)
-        else:
-            structured = _converter.structure(value, inner)
-        if field.converter is not None and inspect.isfunction(field.converter):
-            structured = field.converter(structured)
-        if field.validator is not None:
-            stub = object.__new__(cls)  # validators name the class from the instance, nothing more
-            try:
-                field.validator(stub, field, structured)
-            except ConfigError:
-                raise
-            except Exception:  # a validator that reads other fields: __init__ runs it again with them
-                pass
-        return structured
-
-    return hook
-
-
-def _table_hook(cls: type[Any]) -> Callable[[Any, Any], Any]:
-    overrides = {f.name: override(struct_hook=_field_hook(cls, f)) for f in attrs.fields(cls) if f.init}
-    structure_fields = make_dict_structure_fn(cls, _converter, **overrides)  # type: ignore[arg-type]
-
-    def hook(value: Any, tp: Any) -> Any:
-        if not isinstance(value, Mapping):
-            raise _Problem(f"must be a table, not {_kind(value)}")
-        return structure_fields(value, tp)
-
-    return hook
-
-
-_converter = cattrs.Converter(forbid_extra_keys=True)
-_converter.register_structure_hook(bool, _bool)
-_converter.register_structure_hook(int, _int)
-_converter.register_structure_hook(float, _float)
-_converter.register_structure_hook(str, _str)
-_converter.register_structure_hook_func(_is_reference_type, lambda value, _: _import_reference(value))
-for _cls in (Backoff, ConnectionSetup, WebsocketSetup):
-    attrs.resolve_types(_cls)
-    _converter.register_structure_hook(_cls, _table_hook(_cls))
 
 
 # -- errors -> lines -------------------------------------------------------------------------------
@@ -375,7 +175,7 @@ def _lines(exc: BaseException, path: str) -> list[str]:
         return [f"{path}: missing"]
     if isinstance(exc, ConfigError):
         return [_one_line(_config_line(path, str(exc)))]
-    if isinstance(exc, _Problem):
+    if isinstance(exc, Problem):
         return [_one_line(f"{path}: {exc}")]
     return [_one_line(f"{path}: {type(exc).__name__}: {exc}")]
 
@@ -383,7 +183,7 @@ def _lines(exc: BaseException, path: str) -> list[str]:
 def _structure_table(value: Any, cls: type[Any], path: str) -> tuple[Any, list[str]]:
     """(the setup, []) or (None, its problems)."""
     try:
-        return _converter.structure(value, cls), []
+        return converter.structure(value, cls), []
     except Exception as exc:
         return None, _lines(exc, path) or [f"{path}: invalid {cls.__name__}"]
 
@@ -472,7 +272,7 @@ def load_setups(
     else:
         raise SetupFileError([f"expected a .toml/.json path or a mapping, not {type(source).__name__}"])
     if not isinstance(data, Mapping):
-        problem = f"the top level must be an object with exchange and connections, not {_kind(data)}"
+        problem = f"the top level must be an object with exchange and connections, not {kind_of(data)}"
         raise SetupFileError([problem], where)
 
     problems: list[str] = []
@@ -492,7 +292,7 @@ def load_setups(
     if tables is None:
         problems.append("connections: missing (at least one [[connections]] table)")
     elif not isinstance(tables, list):
-        problems.append(f"connections: must be a list of tables ([[connections]]), not {_kind(tables)}")
+        problems.append(f"connections: must be a list of tables ([[connections]]), not {kind_of(tables)}")
     elif not tables:
         problems.append("connections: empty (at least one [[connections]] table)")
     else:
