@@ -60,3 +60,11 @@ def test_readme_example_runs_as_written(sim_url: str, index: int) -> None:
         assert "ticker:ETH-USD subscribed spot#2" in done.stdout
         assert "trades:BTC-USD" not in done.stdout
         assert "('spot#1', 'live', 1), ('spot#2', 'live', 2)" in done.stdout
+
+
+@pytest.mark.parametrize("package", ["engine", "machines", "transports"])
+def test_the_layout_table_names_every_module(package: str) -> None:
+    row = next(line for line in README.read_text().splitlines() if line.startswith(f"| `{package}/`"))
+    named = set(re.findall(r"`([a-z_]+\.py)`", row))
+    actual = {p.name for p in (README.parent / package).glob("*.py") if p.name != "__init__.py"}
+    assert named == actual
