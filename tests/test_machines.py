@@ -26,11 +26,11 @@ from machines.connection import (
 from machines.diagrams import TABLES as TABLES_UNDER_TEST
 from machines.manager import ManagerModel
 from machines.subscription import SubscriptionModel, SubState
-from machines.table import Table
+from machines.table import DirectEvent, Table
 
 
 def test_the_machine_is_stock_transitions_with_every_state() -> None:
-    assert type(MACHINE) is Machine
+    assert isinstance(MACHINE, Machine) and MACHINE.event_cls is DirectEvent
     assert list(MACHINE.states) == [s.value for s in STATES]
     assert MACHINE.ignore_invalid_triggers is False
     assert len(MACHINE.get_transitions()) == sum(
@@ -108,3 +108,30 @@ def test_subscription_and_manager_models_raise_on_illegal_triggers() -> None:
     with pytest.raises(IllegalTransition):
         manager.fire("stopped")
     assert manager.may_fire("start") and not manager.may_fire("shutdown")
+
+
+@settings(max_examples=150, deadline=None)
+@given(needs_auth=st.booleans(), steps=st.lists(st.sampled_from(TRIGGERS), max_size=30))
+def test_direct_events_behave_like_the_stock_path(needs_auth: bool, steps: list[str]) -> None:
+    """DirectEvent (machines/table.py) against a plain Machine over the same table: same states,
+    same results, same listener calls, the same error for an illegal trigger."""
+    from machines.connection import TABLE
+
+    stock = TABLE.build(Machine)
+    heard_direct: list[Any] = []
+    heard_stock: list[Any] = []
+    direct_model = ConnectionModel(needs_auth=needs_auth, listener=lambda *a: heard_direct.append(a))
+    stock_model = ConnectionModel(needs_auth=needs_auth, listener=lambda *a: heard_stock.append(a))
+    for trigger in steps:
+        outcomes = []
+        for model, fire in (
+            (direct_model, lambda m, t: MACHINE.events[t].trigger(m, info=None)),
+            (stock_model, lambda m, t: stock.events[t].trigger(m, info=None)),
+        ):
+            try:
+                outcomes.append(("ok", fire(model, trigger)))
+            except MachineError as exc:
+                outcomes.append(("error", str(exc)))
+        assert outcomes[0] == outcomes[1]
+        assert direct_model.state == stock_model.state
+    assert heard_direct == heard_stock
