@@ -17,8 +17,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from engine.causes import UserClose
-from engine.errors import NotConnected
-from engine.wire import TRANSPORT_ERRORS
+from engine.wire import WRITE_FAILED
 from transports.websocket import ProtocolState
 
 if TYPE_CHECKING:
@@ -50,7 +49,7 @@ async def begin_close(conn: SessionHost, code: int, reason: str) -> bool:
         return False
     try:
         await wire.write_control(proto.send_close(code, reason))
-    except (NotConnected, *TRANSPORT_ERRORS):
+    except WRITE_FAILED:
         return False
     conn.last_close_sent = proto.close_sent
     return True

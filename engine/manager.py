@@ -216,11 +216,15 @@ class Manager:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
-        with anyio.CancelScope(shield=True):
-            await self.shutdown()
         tg, self._tg = self._tg, None
         assert tg is not None
-        return await tg.__aexit__(*exc_info)
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.shutdown()
+        finally:
+            tg.cancel_scope.cancel()  # (the monitor and anything shutdown left)
+            result = await tg.__aexit__(*exc_info)  # always: a task group left open corrupts the task tree
+        return result
 
     async def start(self, *, timeout: float | None = None) -> None:
         """Connect every setup, log in private ones, subscribe the generated set; return when all are live.
@@ -246,15 +250,17 @@ class Manager:
                 while not all(s.streaming or s.stopped for s in self._fleet.slots.values()):
                     await self._next_change()
         except BaseException as exc:
-            # A start that fails leaves nothing running behind it. (The task group is
-            # left outside the shield: a scope must exit in the order it was entered.)
-            with anyio.CancelScope(shield=True):
-                await self._fleet.close_all()
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(type(exc), exc, exc.__traceback__)
-            self._tg = self._fleet.tg = None
-            self._model.fire("shutdown")
-            self._model.fire("stopped")
+            # A start that fails leaves nothing running behind it, and the task group
+            # is exited whatever happens (outside the shield: scopes exit in order).
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._fleet.close_all()
+            finally:
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(type(exc), exc, exc.__traceback__)
+                self._tg = self._fleet.tg = None
+                self._model.fire("shutdown")
+                self._model.fire("stopped")
             raise
         self._model.fire("started")
 

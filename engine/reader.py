@@ -17,7 +17,7 @@ import anyio
 
 from engine.causes import Cause, ClosedByPeer, ProtocolError, Silence, TransportError
 from engine.liveness import Expiry, Liveness
-from engine.wire import TRANSPORT_ERRORS, Wire, describe
+from engine.wire import TRANSPORT_ERRORS, WRITE_FAILED, Wire, describe
 from machines.connection import State
 from transports.base import ByteStream, deadline_receiver
 from transports.websocket import ClientProtocol, Close, Failure, ProtocolState
@@ -124,7 +124,7 @@ async def _reader_write(conn: SessionHost, wire: Wire, data: bytes, what: str) -
     try:
         with anyio.CancelScope(deadline=conn._clock() + grace) as scope:
             await wire.write_control(data)
-    except TRANSPORT_ERRORS as exc:
+    except WRITE_FAILED as exc:
         _done(conn, wire, TransportError(f"{what} failed: {describe(exc)}"))
         return False
     if scope.cancelled_caught:
@@ -163,7 +163,7 @@ async def _dispatch(conn: SessionHost, wire: Wire, proto: ClientProtocol, items:
             with anyio.CancelScope(deadline=conn._clock() + conn.setup.close_timeout):
                 try:
                     await wire.write_control(outgoing)
-                except TRANSPORT_ERRORS:
+                except WRITE_FAILED:
                     pass
         else:
             over = not await _reader_write(conn, wire, outgoing, "pong")

@@ -22,7 +22,7 @@ from engine.causes import Cancelled, OpenTimeout, SetupFailure, UserClose
 from engine.errors import AuthenticationFailed, ConnectionClosed, ConnectionLost, NotConnected
 from engine.handshake import HandshakeFailed, close_quietly, open_websocket
 from engine.reader import read
-from engine.wire import TRANSPORT_ERRORS, Wire, describe
+from engine.wire import WRITE_FAILED, Wire, describe
 from machines.connection import SESSION_STATES, State
 from transports.websocket import ProtocolState
 
@@ -104,7 +104,7 @@ async def _teardown(conn: SessionHost, wire: Wire, *, own_cancel: bool) -> None:
             with anyio.CancelScope(shield=True, deadline=conn._clock() + conn.setup.close_timeout):
                 try:
                     await wire.write_control(frame)
-                except (NotConnected, *TRANSPORT_ERRORS):
+                except WRITE_FAILED:
                     pass
         # (another task may be writing our close frame right now: let it land)
         await wire.settle()

@@ -16,14 +16,17 @@ import anyio
 import anyio.lowlevel
 
 from engine.causes import Cause, TransportError
-from engine.errors import NotConnected
+from engine.errors import ConnectionClosed, NotConnected
 from engine.sendqueue import Priority, SendQueue
 from transports.base import NO_CAPABILITIES, ByteStream, Capabilities, capabilities_of
 from transports.websocket import ClientProtocol
 
-__all__ = ["TRANSPORT_ERRORS", "Wire", "describe"]
+__all__ = ["TRANSPORT_ERRORS", "WRITE_FAILED", "Wire", "describe"]
 
 TRANSPORT_ERRORS = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream)
+#: what a control write (pong, close frame, ping) may fail with when the session is going away:
+#: the stream broke, or the send queue was closed (ConnectionLost) or never opened (NotConnected)
+WRITE_FAILED = (*TRANSPORT_ERRORS, NotConnected, ConnectionClosed)
 
 
 def describe(exc: BaseException) -> str:

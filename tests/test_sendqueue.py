@@ -189,3 +189,34 @@ async def test_message_ids_counter_uuid7_or_your_own() -> None:
                 assert sorted(ids) == ids and uuid.UUID(str(ids[0])).version == 7
     with pytest.raises(ConfigError, match="message_id"):
         setup_for(message_id="sequential")
+
+
+async def test_close_after_a_send_was_cut_mid_frame_does_not_raise() -> None:
+    """A stream that may write in pieces (no atomic_send capability): a send cancelled while it
+    writes closes the queue and ends the session; close() right after must still just return."""
+    from transports.memory import MemoryByteStream
+
+    class Piecewise(MemoryByteStream):
+        capabilities = None  # (declares nothing: the engine must assume a send can be cut)
+
+    async def script(side: ServerSide) -> None:
+        await side.accept()
+        await anyio.sleep_forever()  # never reads again
+
+    async with anyio.create_task_group() as tg:
+        peer = Peer(tg, script, buffered=0)
+
+        async def dial(url: Any) -> Any:
+            stream = await peer(url)
+            stream.__class__ = Piecewise
+            return stream
+
+        with anyio.fail_after(60):
+            async with Connection(setup_for(close_timeout=2.0), dialer=dial) as conn:
+                await conn.wait_for(State.LIVE)
+                with anyio.move_on_after(1.0):
+                    await conn.send_text("x" * 1000)  # blocks: cut by the deadline mid-frame
+                await conn.close()  # must not raise
+        tg.cancel_scope.cancel()
+    assert conn.state is State.DISCONNECTED
+    assert any("interrupted mid-frame" in e.reason for e in conn.history if e.trigger == "lost")
