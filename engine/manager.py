@@ -44,7 +44,7 @@ from engine.events import StateChanged
 from engine.fleet import Fleet
 from engine.ledger import SETTLED, Entry, Ledger
 from engine.slots import ConnectionInfo, Group, Slot, send_subscribe, send_unsubscribe
-from engine.subscriptions import Subscription, SubscriptionInfo, listed, names
+from engine.subscriptions import Subscription, SubscriptionInfo, listed, names, repeated
 from machines.connection import State
 from machines.manager import ManagerModel, ManagerState
 from machines.subscription import SubState
@@ -315,7 +315,7 @@ class Manager:
         if self._model.state not in (ManagerState.STARTING.value, ManagerState.RUNNING.value):
             raise WirestateError(f"subscribe while the manager is {self.state.value}")
         keys = [s.key for s in subs]
-        dupes = tuple(k for i, k in enumerate(keys) if k in self._ledger or k in keys[:i])
+        dupes = repeated(keys, self._ledger)
         if dupes:
             raise DuplicateSubscription(f"already subscribed: {names(subs, dupes)}", dupes)
         kinds = {s.authenticated for s in subs}

@@ -15,7 +15,7 @@ import attrs
 from engine.errors import ConfigError
 from machines.subscription import SubState
 
-__all__ = ["Subscription", "SubscriptionInfo", "listed", "names"]
+__all__ = ["Subscription", "SubscriptionInfo", "listed", "names", "repeated"]
 
 
 def _symbols(value: Any) -> tuple[str, ...]:
@@ -101,3 +101,14 @@ def names(subs: list[Subscription], keys: tuple[Any, ...]) -> str:
     """The readable names of the ``subs`` whose key is in ``keys``."""
     wanted = set(keys)
     return ", ".join(str(s) for s in subs if s.key in wanted)
+
+
+def repeated(keys: list[Any], known: Any) -> tuple[Any, ...]:
+    """The keys already in ``known`` or seen earlier in ``keys`` (a set: pairwise checks are quadratic)."""
+    seen: set[Any] = set()
+    found = []
+    for key in keys:
+        if key in known or key in seen:
+            found.append(key)
+        seen.add(key)
+    return tuple(found)
