@@ -107,9 +107,7 @@ class Fleet:
         return slot
 
     async def _run(self, slot: Slot, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        with anyio.CancelScope() as scope:
-            slot.scope = scope
-            await slot.conn.run(task_status=task_status)
+        await slot.conn.run(task_status=task_status)
 
     async def retire(self, slot: Slot, reason: str) -> None:
         """Close ``slot`` with 1000 and forget it: it is not redialled."""

@@ -152,9 +152,10 @@ class Requests:
         is_final: Callable[[Message], bool] | None,
         clock: Callable[[], float],
     ) -> Any:
-        """Register ``key``, ``send(payload)``, wait for the response(s) until ``deadline`` (on ``clock``)."""
-        if isinstance(expect, bool) or not isinstance(expect, int) or expect < 1:
-            raise ValueError(f"expect must be a positive integer, not {expect!r}")
+        """Register ``key``, ``send(payload)``, wait for the response(s) until ``deadline`` (on ``clock``).
+
+        ``expect`` is a positive int (the connection's ``request`` checked it).
+        """
         pending = self.register(key, expect, is_final)
         started = clock()
         try:

@@ -13,7 +13,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
-import anyio
 import attrs
 
 from engine.config import ConnectionSetup, WebsocketSetup
@@ -78,15 +77,14 @@ class Group:
 
 
 class Slot:
-    """One managed connection: its id, its group, its Connection, and the task running it."""
+    """One managed connection: its id, its group, its Connection."""
 
-    __slots__ = ("id", "group", "conn", "scope", "enabled")
+    __slots__ = ("id", "group", "conn", "enabled")
 
     def __init__(self, slot_id: str, group: Group, conn: Connection) -> None:
         self.id = slot_id
         self.group = group
         self.conn = conn
-        self.scope: anyio.CancelScope | None = None  # the task that runs conn.run()
         self.enabled = True
 
     @property

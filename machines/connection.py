@@ -32,7 +32,6 @@ __all__ = [
     "TRANSITIONS",
     "TRIGGERS",
     "Listener",
-    "build_machine",
     "state_of",
 ]
 
@@ -106,11 +105,6 @@ class ConnectionModel(TableModel):
     def __init__(self, *, needs_auth: bool = False, listener: Listener | None = None) -> None:
         super().__init__(listener)
         self.needs_auth = needs_auth
-
-
-def build_machine(machine_class: type[Machine] = Machine, **extra: Any) -> Machine:
-    """A Machine over the connection tables (``model=None``: models are driven through its events)."""
-    return TABLE.build(machine_class, **extra)
 
 
 #: The machine every connection model is driven by.
