@@ -172,6 +172,27 @@ async def test_one_limiter_shared_by_two_connections_holds_the_combined_rate() -
         assert times[i + 4] - times[i] >= 1.0 - 1e-6
 
 
+async def test_strict_mode_never_lets_n_plus_one_into_any_window_the_exchange_sees() -> None:
+    """100 concurrent sends at 5 per second (strict sliding window), timed where the exchange
+    receives them: no window of one second ever holds 6, and the burst takes no longer than it
+    must (5 at once, then 5 more each second)."""
+    n = 5
+    async with SimExchange() as sim:
+        setup = setup_for(url="ws://sim.test/ws", rate_limit=RateLimit.per(1.0, n, algorithm="sliding"))
+        with anyio.fail_after(120):
+            async with Connection(setup, dialer=sim.dialer()) as conn:
+                await conn.wait_for(State.LIVE)
+                start = anyio.current_time()
+                async with anyio.create_task_group() as tg:
+                    for i in range(100):
+                        tg.start_soon(conn.send, {"op": "ping", "id": i})
+                await anyio.sleep(1)
+    times = sorted(t - start for t, text in sim.log[0] if orjson.loads(text)["op"] == "ping")
+    assert len(times) == 100
+    assert min(times[i + n] - times[i] for i in range(len(times) - n)) >= 1.0 - 1e-6
+    assert times[-1] == pytest.approx(19.0, abs=1e-3)
+
+
 async def test_message_ids_counter_uuid7_or_your_own() -> None:
     import uuid
 
