@@ -8,7 +8,7 @@ split by concern:
 - :mod:`engine.supervisor`: sessions one after another, the policy's waits;
 - :mod:`engine.session`: one socket: dial + handshake, setup, teardown;
 - :mod:`engine.reader`: the hot path and liveness (:mod:`engine.liveness`);
-- :mod:`engine.delivery`, :mod:`engine.wire`, :mod:`engine.requests`:
+- :mod:`engine.handlers`, :mod:`engine.wire`, :mod:`engine.requests`:
   the handler, ordered writes, request/response correlation;
 - :mod:`engine.policy`: what to do after a cause (:mod:`engine.causes`).
 
@@ -33,10 +33,10 @@ from engine.causes import Cancelled, Cause
 from engine.clock import Clock, loop_clock
 from engine.closing import begin_close, leave_block, stop
 from engine.config import ConnectionSetup
-from engine.delivery import Delivery
 from engine.dialing import default_dialer
 from engine.errors import ConfigError, ConnectionClosed, stopped_error
 from engine.events import StateChanged
+from engine.handlers import Delivery
 from engine.ids import message_id_source
 from engine.observe import StateListener, Transitions
 from engine.policy import Decision, DefaultPolicy, ReconnectPolicy, Retry, decide_safely

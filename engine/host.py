@@ -1,7 +1,7 @@
 """What the session machinery needs from the connection that hosts it.
 
 :mod:`engine.supervisor`, :mod:`engine.session`, :mod:`engine.reader`,
-:mod:`engine.closing` and :mod:`engine.delivery` work on a connection's
+:mod:`engine.closing` and :mod:`engine.handlers` work on a connection's
 state, but import this description of it, not :mod:`engine.connection`:
 imports point down only, and the connection (above them) satisfies it.
 """
@@ -27,7 +27,7 @@ __all__ = ["Deliverer", "SessionHost"]
 
 
 class Deliverer(Protocol):
-    """Hands a read's messages to the application (:class:`engine.delivery.Delivery`)."""
+    """Hands a read's messages to the application (:class:`engine.handlers.Delivery`)."""
 
     deliver: Callable[[list[str | bytes]], Awaitable[None]]
 
