@@ -33,6 +33,7 @@ from engine.causes import Cancelled, Cause
 from engine.clock import Clock, loop_clock
 from engine.closing import begin_close, leave_block, stop
 from engine.config import ConnectionSetup
+from engine.delivery import Outlet, Stream, Streams
 from engine.dialing import default_dialer
 from engine.errors import ConfigError, ConnectionClosed, stopped_error
 from engine.events import StateChanged
@@ -86,6 +87,9 @@ class Connection(Sending):
             across reconnects. Defaults to ``setup.name`` or scheme://host.
         rng: random source for the default policy's backoff jitter (seed it
             for replayable tests).
+        streams: the :class:`~engine.delivery.Streams` its events go to (a
+            manager passes its own); by default the connection has its own,
+            ended when it stops.
     """
 
     __slots__ = (
@@ -94,7 +98,7 @@ class Connection(Sending):
         "messages_received", "handler_errors", "sessions",
         "_dialer", "_clock", "_own_clock", "_wall_clock", "_model", "_trail",
         "_policy", "_decision", "_decided_at", "_wire", "_pause", "_tg", "_reader_task", "_task_id",
-        "_requests", "_delivery", "_ids", "limiter",
+        "_requests", "_delivery", "_ids", "limiter", "_outlet",
     )  # fmt: skip
 
     def __init__(
@@ -106,6 +110,7 @@ class Connection(Sending):
         wall_clock: Callable[[], float] | None = None,
         id: str | None = None,
         rng: random.Random | None = None,
+        streams: Streams | None = None,
     ) -> None:
         if not isinstance(setup, ConnectionSetup):
             raise TypeError(f"Connection needs a ConnectionSetup, not {type(setup).__name__}")
@@ -161,6 +166,9 @@ class Connection(Sending):
         source = limiter_source(setup.rate_limit)
         self.limiter: Limiter | None = source() if source is not None else None
         self._ids = message_id_source(setup.message_id)
+        # Typed events: its own streams, or the manager's (shared by its connections).
+        self._outlet = Outlet(streams or Streams(lambda: self._clock()), owns_hub=streams is None)
+        self._trail.subscribe(self._outlet.on_transition)
 
     def __repr__(self) -> str:
         return f"<Connection {self.id!r} {self.state.value}>"
@@ -189,6 +197,20 @@ class Connection(Sending):
         listeners in ``ConnectionSetup.on_state_change``).
         """
         return self._trail.subscribe(listener)
+
+    # -- typed events (engine.delivery) ---------------------------------
+
+    def emit(self, event: Any) -> None:
+        """Hand a typed event (:mod:`engine.events`) to the streams; never waits (call it from handlers)."""
+        self._outlet.emit(event)
+
+    def stream(self, *types: type, **options: Any) -> Stream:
+        """Open a bounded stream of this connection's events; see :meth:`engine.delivery.Streams.stream`."""
+        return self._outlet.hub.stream(*types, **options)
+
+    def now(self) -> float:
+        """The injected clock's time (stamp events' ``received`` with it)."""
+        return self._clock()
 
     async def wait_for(self, *states: State) -> State:
         """Wait (no polling) until the state is one of ``states``; return it.

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from engine.causes import Cause
     from engine.clock import Clock
     from engine.config import ConnectionSetup
+    from engine.delivery import Outlet
     from engine.policy import Decision
     from engine.requests import Requests
     from engine.wire import Wire
@@ -57,6 +58,7 @@ class SessionHost(Protocol):
     _decided_at: float
     limiter: Any
     _requests: Requests
+    _outlet: Outlet
 
     @property
     def state(self) -> State: ...

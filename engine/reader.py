@@ -45,6 +45,7 @@ async def read(conn: SessionHost, wire: Wire, leftovers: list[object]) -> None:
     model = conn._model
     requests = conn._requests
     delivery = conn._delivery
+    outlet = conn._outlet
     size = setup.read_size
     app_ping = setup.app_ping
     live = Liveness(setup.traffic_timeout, setup.pong_timeout, setup.keepalive or app_ping is not None,
@@ -89,7 +90,12 @@ async def read(conn: SessionHost, wire: Wire, leftovers: list[object]) -> None:
                     continue
             conn.messages_received += len(items)
             await delivery.deliver(items)  # type: ignore[arg-type]  # controls==False: all str/bytes
-        # Taken after handling: time spent in a slow handler is not the peer's silence.
+        if outlet.full:
+            # Backpressure: a `block` stream is full, so read no more until its
+            # consumer takes a batch (the overshoot is this one read).
+            await outlet.relieve()
+        # Taken after handling (and after a backpressure wait): time spent in a slow
+        # handler or a slow consumer is not the peer's silence.
         wire.last_rx = clock()
 
 
