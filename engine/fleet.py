@@ -21,6 +21,7 @@ from engine.causes import GiveUp
 from engine.clock import Clock
 from engine.config import ConnectionSetup, WebsocketSetup
 from engine.connection import Connection
+from engine.delivery import Streams
 from engine.errors import ConfigError, WirestateError
 from engine.events import StateChanged
 from engine.ledger import Ledger
@@ -47,6 +48,7 @@ class Fleet:
         clock: Clock | None,
         rng: random.Random | None,
         governor: Any,
+        streams: Streams | None = None,
     ) -> None:
         self.ws = ws
         self.groups: dict[str, Group] = {}
@@ -58,6 +60,7 @@ class Fleet:
         self._clock = clock
         self._rng = rng
         self._governor = governor
+        self.streams = streams  # the manager's: every connection's typed events go there
 
     def add(self, setup: ConnectionSetup, name: str | None) -> str:
         """Add a setup under ``name``; returns the name."""
@@ -94,7 +97,7 @@ class Fleet:
         if setup.policy is None and self._governor is not None:
             # connections to one host share that host's attempt budget
             setup = attrs.evolve(setup, policy=self._governor.for_host(setup.parsed_url.host))
-        return Connection(setup, dialer=self._dialer, clock=self._clock, id=slot_id, rng=self._rng)
+        return Connection(setup, dialer=self._dialer, clock=self._clock, id=slot_id, rng=self._rng, streams=self.streams)
 
     def new_slot(self, group: Group) -> Slot:
         """A new connection of ``group``, started (it dials in the background)."""

@@ -30,6 +30,7 @@ import anyio.abc
 from engine.clock import Clock
 from engine.config import ConnectionSetup, WebsocketSetup
 from engine.connection import Connection
+from engine.delivery import Stream, Streams
 from engine.errors import (
     ConfigError,
     ConnectionClosed,
@@ -40,7 +41,7 @@ from engine.errors import (
     SubscriptionNotFound,
     WirestateError,
 )
-from engine.events import StateChanged
+from engine.events import StateChanged, SubscriptionChanged
 from engine.fleet import Fleet
 from engine.ledger import SETTLED, Entry, Ledger
 from engine.slots import ConnectionInfo, Group, Slot, send_subscribe, send_unsubscribe
@@ -80,9 +81,12 @@ class Manager:
             raise ConfigError(f"Manager needs a WebsocketSetup, not {type(setup).__name__}")
         self.setup = setup
         self._model = ManagerModel(self._on_manager_change)
+        # typed events of every connection (trade_feed / fills_feed: delivered at all or not)
+        self._streams = Streams(clock, trades=setup.trade_feed, fills=setup.fills_feed)
         self._ledger = Ledger(self._on_subscription_change)
         self._fleet = Fleet(
-            setup, self._ledger, self._on_connection_change, dialer=dialer, clock=clock, rng=rng, governor=governor
+            setup, self._ledger, self._on_connection_change, dialer=dialer, clock=clock, rng=rng, governor=governor,
+            streams=self._streams,
         )
         self._listeners: list[Callable[[StateChanged], None]] = []
         self._changed: anyio.Event | None = None  # set on any connection or subscription change
@@ -110,6 +114,15 @@ class Manager:
         """Hear every connection's state changes (one stream for all); returns an unsubscribe function."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def stream(self, *types: type, **options: Any) -> Stream:
+        """A bounded stream of every connection's typed events, in batches: ``async for batch in manager.stream()``.
+
+        One for everything by default, or per channel / subscription (``stream(Trade, symbols=[...])``),
+        each with its own policy and capacity: see :meth:`engine.delivery.Streams.stream`.
+        Open it before :meth:`start` to miss nothing; it ends after :meth:`shutdown`.
+        """
+        return self._streams.stream(*types, **options)
 
     def connections(self) -> list[ConnectionInfo]:
         """Every managed connection: id, setup name, state, number of subscriptions."""
@@ -197,6 +210,10 @@ class Manager:
                 log.exception("manager %s: state listener failed", self.setup.exchange)
 
     def _on_subscription_change(self, entry: Entry, source: SubState, dest: SubState, trigger: str) -> None:
+        self._streams.control(SubscriptionChanged(
+            subscription=entry.sub, source=SubState(source).value, dest=SubState(dest).value, trigger=trigger,
+            error=entry.error, connection=entry.slot, received=self._streams.now(),
+        ))  # fmt: skip
         self._wake()
 
     def _wake(self) -> None:
@@ -270,6 +287,7 @@ class Manager:
             return
         self._model.fire("shutdown")
         await self._fleet.close_all()
+        self._streams.end()  # consumers read what is queued, then their loops end
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
         self._model.fire("stopped")
