@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -36,6 +36,11 @@ Subscriber = Callable[[Any, list[Any]], Awaitable[None]]
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ConfigError(f"{type(instance).__name__}.{attribute.name} must be a positive number, not {value!r}")
+
+
+def _positive_or_none(instance: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None:
+        _positive(instance, attribute, value)
 
 
 def _positive_int(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -213,6 +218,18 @@ class ConnectionSetup:
     completes with its global callbacks; :class:`~engine.connection.Connection`
     itself needs one.
 
+    Under a manager, optional per-connection care (each costs one call per
+    message only when set): ``rotate_after`` seconds after a session went
+    live, a replacement connection is opened, logged in and subscribed beside
+    it (make-before-break: for exchanges that cut connections at a lifetime
+    limit, e.g. Binance's 24 h); both run for ``rotate_overlap`` seconds, what
+    both deliver reaches the handler once (``message_identity(message)`` says
+    which messages are the same, default the message itself; ``None`` means
+    "never a duplicate"), then the old one closes with 1000. ``stream_of(message)``
+    names the ``(channel, symbol)`` a data message belongs to, which lets a
+    :class:`~engine.subscriptions.Subscription` with ``stale_after`` be
+    resubscribed alone when that symbol goes quiet on a busy connection.
+
     ``on_state_change``: listener(s) called with every
     :class:`~engine.events.StateChanged`, from the very first transition.
 
@@ -254,6 +271,10 @@ class ConnectionSetup:
     max_queued: int = attrs.field(default=10_000, validator=_positive_int)
     message_id: Any = attrs.field(default=None, validator=_message_id)
     app_ping: AppPing | None = attrs.field(default=None, validator=_app_ping_or_none)
+    rotate_after: float | None = attrs.field(default=None, validator=_positive_or_none)
+    rotate_overlap: float = attrs.field(default=5.0, validator=_positive)
+    message_identity: Callable[[Message], Hashable | None] | None = attrs.field(default=None, validator=_callable_or_none)
+    stream_of: Callable[[Message], tuple[str, str] | None] | None = attrs.field(default=None, validator=_callable_or_none)
     ssl_context: ssl.SSLContext | None = attrs.field(default=None, repr=False)
     name: str | None = None
     _url_parsed: URL = attrs.field(init=False, repr=False, eq=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 import anyio
@@ -18,15 +18,18 @@ import anyio.abc
 import attrs
 
 from engine.causes import GiveUp
-from engine.clock import Clock
+from engine.clock import Clock, loop_clock
 from engine.config import ConnectionSetup, WebsocketSetup
 from engine.connection import Connection
 from engine.delivery import Streams
 from engine.errors import ConfigError, WirestateError
 from engine.events import StateChanged
+from engine.freshness import Freshness
 from engine.ledger import Ledger
 from engine.policy import is_fatal
-from engine.slots import Group, Slot, slot_setup
+from engine.rotation import Rotation
+from engine.slots import Group, Slot, send_subscribe, slot_setup
+from engine.subscriptions import Subscription
 from machines.connection import State
 from transports.base import Dialer
 
@@ -42,7 +45,7 @@ class Fleet:
         self,
         ws: WebsocketSetup,
         ledger: Ledger,
-        listener: Callable[[StateChanged], None],
+        listener: Callable[[StateChanged, Connection], None],
         *,
         dialer: Dialer | None,
         clock: Clock | None,
@@ -92,25 +95,39 @@ class Fleet:
 
     # -- making and running connections -----------------------------------------
 
-    def _connection(self, group: Group, slot_id: str) -> Connection:
-        setup = slot_setup(group, slot_id, self._ledger, (self._listener,))
+    def _connection(self, slot: Slot, moved: dict[Hashable, Subscription] | None = None) -> Connection:
+        conn: Connection | None = None
+
+        def hear(event: StateChanged) -> None:
+            assert conn is not None
+            if event.trigger == "subscribed" and conn is slot.conn and slot.rotation is not None:
+                self._arm_rotation(slot, conn, event.at)
+            self._listener(event, conn)
+
+        setup = slot_setup(slot, self._ledger, (hear,), moved)
         if setup.policy is None and self._governor is not None:
             # connections to one host share that host's attempt budget
             setup = attrs.evolve(setup, policy=self._governor.for_host(setup.parsed_url.host))
-        return Connection(setup, dialer=self._dialer, clock=self._clock, id=slot_id, rng=self._rng, streams=self.streams)
+        conn = Connection(setup, dialer=self._dialer, clock=self._clock, id=slot.id, rng=self._rng, streams=self.streams)
+        return conn
 
     def new_slot(self, group: Group) -> Slot:
         """A new connection of ``group``, started (it dials in the background)."""
         assert self.tg is not None, "connections run while the manager runs"
-        slot_id = group.new_slot_id()
-        slot = Slot(slot_id, group, self._connection(group, slot_id))
+        slot = Slot(group.new_slot_id(), group)
+        setup = group.setup
+        if setup.rotate_after is not None:
+            slot.rotation = Rotation(slot.id, setup.message_identity, self._rotation_logger(slot))
+        if setup.stream_of is not None:
+            slot.freshness = Freshness(setup.stream_of, self._clock or loop_clock(), slot.id)
+        slot.conn = self._connection(slot)
         group.slots.append(slot)
-        self.slots[slot_id] = slot
-        self.tg.start_soon(self._run, slot)
+        self.slots[slot.id] = slot
+        self.tg.start_soon(self._run, slot.conn)
         return slot
 
-    async def _run(self, slot: Slot, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        await slot.conn.run(task_status=task_status)
+    async def _run(self, conn: Connection, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        await conn.run(task_status=task_status)
 
     async def retire(self, slot: Slot, reason: str) -> None:
         """Close ``slot`` with 1000 and forget it: it is not redialled."""
@@ -118,13 +135,140 @@ class Fleet:
         self.slots.pop(slot.id, None)
         if slot in slot.group.slots:
             slot.group.slots.remove(slot)
-        await slot.conn.close(1000, reason)
+        await self._close_slot(slot, 1000, reason)
+
+    async def _close_slot(self, slot: Slot, code: int = 1000, reason: str = "") -> None:
+        if slot.timer is not None:
+            slot.timer.cancel()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slot.conn.close, code, reason)
+            if slot.successor is not None:
+                tg.start_soon(slot.successor.close, code, reason)
 
     async def close_all(self) -> None:
         """Close every connection (1000), concurrently, each bounded by its close_timeout."""
         async with anyio.create_task_group() as tg:
             for slot in list(self.slots.values()):
-                tg.start_soon(slot.conn.close)
+                tg.start_soon(self._close_slot, slot)
+
+    # -- make-before-break rotation -------------------------------------------------
+
+    def _rotation_logger(self, slot: Slot) -> Callable[[Any, Any, str, Any], None]:
+        def hear(source: Any, dest: Any, trigger: str, info: Any) -> None:
+            log.info("%s: rotation %s -> %s on %s%s", slot.id, source, dest, trigger, f" ({info})" if info else "")
+
+        return hear
+
+    def _arm_rotation(self, slot: Slot, conn: Connection, live_at: float) -> None:
+        """Rotate ``slot`` ``rotate_after`` seconds after ``conn``'s session went live."""
+        if slot.timer is not None:
+            slot.timer.cancel()
+        if self.tg is not None:
+            self.tg.start_soon(self._rotate_at, slot, conn, conn.sessions, live_at + (slot.group.setup.rotate_after or 0.0))
+
+    async def _rotate_at(self, slot: Slot, conn: Connection, session: int, at: float) -> None:
+        with anyio.CancelScope() as scope:
+            slot.timer = scope
+            await anyio.sleep_until(at)
+        if slot.timer is scope:
+            slot.timer = None
+        if scope.cancelled_caught:
+            return  # re-armed, closed, or the session ended
+        still = slot.conn is conn and conn.sessions == session and slot.streaming and slot.enabled
+        if still and slot.rotation is not None and slot.rotation.may_fire("begin"):
+            await self._rotate(slot)
+
+    async def _rotate(self, slot: Slot) -> None:
+        """Open a replacement beside ``slot``'s connection, overlap, cut over, close the old one."""
+        rotation, old, setup = slot.rotation, slot.conn, slot.group.setup
+        assert rotation is not None and self.tg is not None
+        rotation.fire("begin", f"{old.id} live for {setup.rotate_after:g} s")
+        moved: dict[Hashable, Subscription] = {}
+        new = slot.successor = self._connection(slot, moved)
+        try:
+            await self.tg.start(self._run, new)
+            with anyio.move_on_after(setup.open_timeout + setup.setup_timeout):
+                try:
+                    await new.wait_for(State.LIVE, State.RECONNECTING, State.DISCONNECTED)
+                except WirestateError:
+                    pass  # it gave up: said below
+            live_at = self._now()
+            why = self._why_not(slot, old, new)
+            if why:
+                return await self._abort(slot, new, why)
+            rotation.fire("joined", f"replacement live with {len(moved)} subscriptions")
+            await anyio.sleep(setup.rotate_overlap)
+            why = self._why_not(slot, old, new)
+            if why:
+                return await self._abort(slot, new, why)
+            slot.conn, slot.successor = new, None
+            self._adopt(slot, moved)
+            rotation.fire("cut", "the replacement carries the slot")
+            self._arm_rotation(slot, new, live_at)
+            await old.close(1000, "rotated")
+            await anyio.sleep(setup.rotate_overlap)  # the replacement's late copies still matched
+            rotation.fire("settled", f"{rotation.twins.duplicates if rotation.twins else 0} duplicates dropped")
+        except BaseException:
+            if slot.successor is new:
+                slot.successor = None
+                with anyio.CancelScope(shield=True):
+                    await new.close(1000, "rotation abandoned")
+            if rotation.may_fire("abort"):
+                rotation.fire("abort", "interrupted")
+            elif rotation.may_fire("settled"):
+                rotation.fire("settled", "interrupted")
+            raise
+
+    @staticmethod
+    def _why_not(slot: Slot, old: Connection, new: Connection) -> str:
+        if not slot.enabled or slot.conn is not old:
+            return "the slot was closed or restarted"
+        if new.state not in (State.LIVE, State.STALE):
+            return f"the replacement did not come up ({new.state.value}: {new.cause})"
+        if old.state not in (State.LIVE, State.STALE):
+            return f"the old connection went {old.state.value} meanwhile; it resubscribes on its own"
+        return ""
+
+    async def _abort(self, slot: Slot, new: Connection, why: str) -> None:
+        assert slot.rotation is not None
+        slot.successor = None
+        slot.rotation.fire("abort", why)
+        log.warning("%s: rotation abandoned: %s", slot.id, why)
+        await new.close(1000, "rotation abandoned")
+        if slot.conn.state in (State.LIVE, State.STALE) and slot.enabled:
+            # try again later (the old connection's own reconnect re-arms it otherwise)
+            retry = min(slot.group.setup.rotate_after or 60.0, 60.0)
+            self._arm_rotation(slot, slot.conn, self._now() + retry - (slot.group.setup.rotate_after or 0.0))
+
+    def _adopt(self, slot: Slot, moved: dict[Hashable, Subscription]) -> None:
+        """The ledger after a cut-over: what the replacement subscribed is subscribed; the rest goes out on it now."""
+        present = set()
+        for entry in self._ledger.of_slot(slot.id):
+            present.add(entry.sub.key)
+            if entry.sub.key in moved:
+                entry.fire_if("send")  # (resubscribing: the old one dropped meanwhile)
+                if entry.fire_if("acked"):
+                    entry.error = None
+            else:
+                entry.fire_if("connection_lost")  # placed during the overlap: sent on the replacement below
+        group = slot.group
+        pending = self._ledger.pending(slot.id)
+        assert self.tg is not None
+        if pending and group.setup.subscriber is not None:
+            self.tg.start_soon(self._send_quietly, send_subscribe, slot.conn, pending, group.setup.subscriber)
+        gone = [sub for key, sub in moved.items() if key not in present]  # unsubscribed during the overlap
+        if gone and group.setup.unsubscriber is not None:
+            self.tg.start_soon(self._send_quietly, group.setup.unsubscriber, slot.conn, gone)
+
+    @staticmethod
+    async def _send_quietly(send: Callable[..., Awaitable[None]], *args: Any) -> None:
+        try:
+            await send(*args)
+        except (WirestateError, OSError) as exc:
+            log.warning("%s: after rotation: %s", args[0].id, exc)
+
+    def _now(self) -> float:
+        return (self._clock or anyio.current_time)()
 
     # -- runtime control ----------------------------------------------------------
 
@@ -135,7 +279,7 @@ class Fleet:
             slot.enabled = False
         async with anyio.create_task_group() as tg:
             for slot in group.slots:
-                tg.start_soon(slot.conn.close, 1000, "disabled")
+                tg.start_soon(self._close_slot, slot, 1000, "disabled")
 
     async def enable(self, name: str) -> None:
         """Start a disabled setup's connections again."""
@@ -147,7 +291,7 @@ class Fleet:
         """Run a stopped slot's connection again; returns once it is connecting."""
         assert self.tg is not None, "connections run while the manager runs"
         slot.enabled = True
-        await self.tg.start(self._run, slot)
+        await self.tg.start(self._run, slot.conn)
 
     async def set_url(self, name: str, url: str) -> None:
         """Point a setup at a new URL: its connections close and reconnect there (same ids)."""
@@ -155,7 +299,7 @@ class Fleet:
         group.setup = attrs.evolve(group.setup, url=url)  # (validated: a bad URL raises ConfigError here)
         await self.disable(name)
         for slot in group.slots:
-            slot.conn = self._connection(group, slot.id)
+            slot.conn = self._connection(slot)
         await self.enable(name)
 
     async def heal_forever(self, interval: float) -> None:

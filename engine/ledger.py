@@ -35,6 +35,7 @@ class Entry(SubscriptionModel):
         self.slot = slot  # the logical id of the connection it lives on
         self.group = group  # the connection setup it belongs to
         self.error: str | None = None  # why it failed, when it did
+        self.since = 0.0  # when it was last acked (the manager's clock)
         self._on_change = listener
 
     @property

@@ -43,6 +43,7 @@ from engine.errors import (
 )
 from engine.events import StateChanged, SubscriptionChanged
 from engine.fleet import Fleet
+from engine.freshness import quiet
 from engine.ledger import SETTLED, Entry, Ledger
 from engine.slots import ConnectionInfo, Group, Slot, send_subscribe, send_unsubscribe
 from engine.subscriptions import Subscription, SubscriptionInfo, listed, names, repeated
@@ -80,6 +81,7 @@ class Manager:
         if not isinstance(setup, WebsocketSetup):
             raise ConfigError(f"Manager needs a WebsocketSetup, not {type(setup).__name__}")
         self.setup = setup
+        self._clock = clock
         self._model = ManagerModel(self._on_manager_change)
         # typed events of every connection (trade_feed / fills_feed: delivered at all or not)
         self._streams = Streams(clock, trades=setup.trade_feed, fills=setup.fills_feed)
@@ -194,8 +196,10 @@ class Manager:
     def _on_manager_change(self, source: Any, dest: Any, trigger: str, info: Any) -> None:
         log.info("manager %s: %s -> %s on %s", self.setup.exchange, source, dest, trigger)
 
-    def _on_connection_change(self, event: StateChanged) -> None:
+    def _on_connection_change(self, event: StateChanged, conn: Connection) -> None:
         slot = self._fleet.slots.get(event.connection)
+        if slot is not None and slot.conn is not conn:
+            slot = None  # a rotation's other connection: the ledger follows the slot's own
         if slot is not None and event.trigger in ("lost", "close"):
             for entry in self._ledger.of_slot(slot.id):
                 entry.fire_if("connection_lost")
@@ -214,7 +218,12 @@ class Manager:
             subscription=entry.sub, source=SubState(source).value, dest=SubState(dest).value, trigger=trigger,
             error=entry.error, connection=entry.slot, received=self._streams.now(),
         ))  # fmt: skip
+        if dest == SubState.SUBSCRIBED.value:
+            entry.since = self._now()
         self._wake()
+
+    def _now(self) -> float:
+        return (self._clock or anyio.current_time)()
 
     def _wake(self) -> None:
         changed, self._changed = self._changed, None
@@ -261,6 +270,8 @@ class Manager:
                     self._fleet.new_slot(group)
             await self.flush(wait=False)
             tg.start_soon(self._fleet.heal_forever, self.setup.connection_monitor_interval)
+            if any(g.setup.stream_of is not None for g in self._fleet.groups.values()):
+                tg.start_soon(self._watch_quiet)
             groups = self._fleet.groups.values()
             bound = timeout if timeout is not None else max(g.setup.open_timeout + g.setup.setup_timeout for g in groups)
             with anyio.move_on_after(bound):
@@ -291,6 +302,40 @@ class Manager:
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
         self._model.fire("stopped")
+
+    async def _watch_quiet(self) -> None:
+        """Resubscribe alone each subscription with a symbol silent past its ``stale_after``."""
+        while True:
+            limits = [e.sub.stale_after for e in self._ledger.entries() if e.sub.stale_after is not None]
+            # (a quarter of the shortest limit: noticed within 25 % of it)
+            await anyio.sleep(min(limits) / 4 if limits else self.setup.connection_monitor_interval)
+            now = self._now()
+            for slot in list(self._fleet.slots.values()):
+                if slot.freshness is None or not slot.streaming:
+                    continue
+                found = quiet(slot.freshness, self._ledger.of_slot(slot.id), now)
+                if found:
+                    assert self._tg is not None
+                    self._tg.start_soon(self._resubscribe_alone, slot, found)
+
+    async def _resubscribe_alone(self, slot: Slot, entries: list[Entry]) -> None:
+        conn, setup = slot.conn, slot.group.setup
+        for entry in entries:
+            assert entry.sub.stale_after is not None
+            entry.fire_if("stale", f"silent for more than {entry.sub.stale_after:g} s")
+        log.warning("%s: resubscribing quiet %s", slot.id, ", ".join(str(e.sub) for e in entries))
+        try:
+            if setup.unsubscriber is not None:
+                try:
+                    await setup.unsubscriber(conn, [e.sub for e in entries])
+                except (NotConnected, ConnectionClosed):
+                    raise
+                except Exception as exc:
+                    log.info("%s: unsubscribe before resubscribing failed (%s); subscribing anyway", slot.id, exc)
+            assert setup.subscriber is not None
+            await send_subscribe(conn, [e for e in entries if e.state == SubState.RESUBSCRIBING.value], setup.subscriber)
+        except (NotConnected, ConnectionClosed):
+            pass  # the connection dropped: its next session sends them (they are resubscribing)
 
     async def _catch_up(self, slot: Slot) -> None:
         subscriber = slot.group.setup.subscriber

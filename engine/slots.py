@@ -10,17 +10,22 @@ reconnect resubscribes exactly its own subscriptions and nothing else.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, NamedTuple
 
+import anyio
 import attrs
 
 from engine.config import ConnectionSetup, WebsocketSetup
 from engine.connection import Connection
 from engine.errors import ConfigError, ConnectionClosed, NotConnected, SubscriptionError
+from engine.freshness import Freshness
+from engine.gate import gated
 from engine.ledger import Entry, Ledger
+from engine.rotation import Rotation
 from engine.subscriptions import Subscription
 from machines.connection import State
+from machines.subscription import SubState
 
 __all__ = ["ConnectionInfo", "Group", "Slot", "send_subscribe", "send_unsubscribe", "slot_setup"]
 
@@ -77,15 +82,24 @@ class Group:
 
 
 class Slot:
-    """One managed connection: its id, its group, its Connection."""
+    """One managed connection: its id, its group, its Connection (set right after).
 
-    __slots__ = ("id", "group", "conn", "enabled")
+    With ``rotate_after`` the slot also has a :class:`~engine.rotation.Rotation`
+    and, while one is under way, a ``successor`` connection; with ``stream_of``
+    a :class:`~engine.freshness.Freshness`.
+    """
 
-    def __init__(self, slot_id: str, group: Group, conn: Connection) -> None:
+    __slots__ = ("id", "group", "conn", "enabled", "rotation", "freshness", "successor", "timer")
+
+    def __init__(self, slot_id: str, group: Group) -> None:
         self.id = slot_id
         self.group = group
-        self.conn = conn
+        self.conn: Connection = None  # type: ignore[assignment]  # (the fleet makes it right after)
         self.enabled = True
+        self.rotation: Rotation | None = None
+        self.freshness: Freshness | None = None
+        self.successor: Connection | None = None  # the replacement while a rotation runs
+        self.timer: anyio.CancelScope | None = None  # the wait for the next rotation
 
     @property
     def state(self) -> State:
@@ -101,9 +115,30 @@ class Slot:
         """Live or stale: a subscribe sent now goes out on the current session."""
         return self.conn.state in (State.LIVE, State.STALE)
 
+    def admit(self, conn: Any, message: str | bytes) -> bool:
+        """The slot's message gate (:mod:`engine.gate`): freshness stamps, rotation twins."""
+        if self.freshness is not None:
+            self.freshness.touch(message)
+        return self.rotation is None or self.rotation.admit(conn, message)
 
-def slot_setup(group: Group, slot_id: str, ledger: Ledger, listeners: tuple[Callable[..., None], ...]) -> ConnectionSetup:
-    """The setup a slot's Connection runs: the group's, subscribing what the ledger holds for it."""
+
+#: what a replacement subscribes: whatever its slot streams or is about to
+_MOVING = frozenset({SubState.SUBSCRIBED.value, SubState.SUBSCRIBING.value, SubState.RESUBSCRIBING.value, SubState.INACTIVE.value})
+
+
+def slot_setup(
+    slot: Slot,
+    ledger: Ledger,
+    listeners: tuple[Callable[..., None], ...],
+    moved: dict[Hashable, Subscription] | None = None,
+) -> ConnectionSetup:
+    """The setup a slot's Connection runs: the group's, subscribing what the ledger holds for it.
+
+    With ``moved`` it is a rotation's replacement: it subscribes everything
+    the slot streams, without touching the ledger (the old connection still
+    carries those subscriptions), and notes each key it subscribed in ``moved``.
+    """
+    group, slot_id = slot.group, slot.id
     user_subscriber = group.setup.subscriber
 
     def pending() -> list[Entry]:
@@ -113,13 +148,26 @@ def slot_setup(group: Group, slot_id: str, ledger: Ledger, listeners: tuple[Call
         if user_subscriber is not None and entries:
             await send_subscribe(conn, entries, user_subscriber)
 
-    return attrs.evolve(
+    def streamed() -> list[Entry]:
+        return [e for e in ledger.of_slot(slot_id) if e.state in _MOVING]
+
+    async def move(conn: Connection, entries: list[Entry]) -> None:
+        # a failure here fails the replacement's session, and with it the rotation
+        if user_subscriber is not None and entries:
+            await user_subscriber(conn, [e.sub for e in entries])
+        assert moved is not None
+        moved.update((e.sub.key, e.sub) for e in entries)
+
+    setup = attrs.evolve(
         group.setup,
         name=slot_id,
-        generate_subscriptions=pending if user_subscriber is not None else None,
-        subscriber=subscriber if user_subscriber is not None else None,
+        generate_subscriptions=(pending if moved is None else streamed) if user_subscriber is not None else None,
+        subscriber=(subscriber if moved is None else move) if user_subscriber is not None else None,
         on_state_change=(*group.setup.on_state_change, *listeners),
     )
+    if slot.rotation is not None or slot.freshness is not None:
+        setup = gated(setup, slot.admit)
+    return setup
 
 
 async def send_subscribe(

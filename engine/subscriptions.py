@@ -48,6 +48,11 @@ def _channel(instance: Any, attribute: Any, value: Any) -> None:
         raise ConfigError(f"Subscription.channel must be a non-empty string, not {value!r}")
 
 
+def _stale_after(instance: Any, attribute: Any, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+        raise ConfigError(f"Subscription.stale_after must be a positive number of seconds, not {value!r}")
+
+
 @attrs.frozen
 class Subscription:
     """One stream to receive: ``Subscription("trades", symbols=["BTC-USDT"])``."""
@@ -59,6 +64,9 @@ class Subscription:
     levels: int | None = None
     params: tuple[tuple[str, Hashable], ...] = attrs.field(default=(), converter=_params)
     authenticated: bool = False  # a private stream: placed on an authenticated connection
+    #: seconds of silence on any of its symbols after which it is resubscribed alone (needs the
+    #: connection setup's ``stream_of``); not part of the key
+    stale_after: float | None = attrs.field(default=None, eq=False, validator=_stale_after)
 
 
     @property

@@ -3,7 +3,8 @@
 ``inactive`` (desired, not yet sent) → ``subscribing`` (sent, waiting for the
 ack) → ``subscribed``; a reject or no answer → ``failed``; a drop of its
 connection → ``resubscribing`` (desired again on the next session) →
-``subscribed``; ``unsubscribing`` → ``unsubscribed``. Fired on ledger events,
+``subscribed``; a subscription silent past its own ``stale_after`` →
+``resubscribing`` too (sent again alone); ``unsubscribing`` → ``unsubscribed``. Fired on ledger events,
 never per message.
 """
 
@@ -39,6 +40,8 @@ TRANSITIONS: tuple[dict[str, Any], ...] = (
     {"trigger": "acked", "source": SubState.SUBSCRIBING, "dest": SubState.SUBSCRIBED},
     {"trigger": "rejected", "source": SubState.SUBSCRIBING, "dest": SubState.FAILED},
     {"trigger": "connection_lost", "source": [SubState.SUBSCRIBING, SubState.SUBSCRIBED], "dest": SubState.RESUBSCRIBING},
+    # silent past its own stale_after on a connection that is otherwise fine: sent again alone
+    {"trigger": "stale", "source": SubState.SUBSCRIBED, "dest": SubState.RESUBSCRIBING},
     {"trigger": "unsubscribe", "source": SubState.SUBSCRIBED, "dest": SubState.UNSUBSCRIBING},
     {"trigger": "unsubscribed", "source": SubState.UNSUBSCRIBING, "dest": SubState.UNSUBSCRIBED},
     {"trigger": "unsubscribe_failed", "source": SubState.UNSUBSCRIBING, "dest": SubState.SUBSCRIBED},
