@@ -25,10 +25,22 @@ Server -> client data, only for subscribed (channel, symbol) pairs:
 - ``{"channel":"ticker","symbol":"BTC-USD","bid":"49990.12","ask":"49995.12","seq":1,"ts":12.5}``
 - ``{"channel":"trades","symbol":"ETH-USD","price":"3001.50","size":"0.1250","side":"buy","seq":1,"ts":12.5}``
 
-Prices and sizes are decimal strings; ``seq`` counts messages per connection
-and subscription from 1 without gaps (messages a stall made the server skip are
-never numbered) and restarts after an unsubscribe; ``ts`` is the server's
-``anyio.current_time()``.
+Prices and sizes are decimal strings; ``ts`` is the server's
+``anyio.current_time()`` when the message was made.
+
+Market data is exchange-wide (:mod:`engine.sim.feed`): each message is made
+once, at its scheduled time, and the same text goes to every connection
+subscribed to its (channel, symbol), so two connections receive byte-identical
+frames. ``seq`` numbers the messages of one (channel, symbol) exchange-wide,
+from 1, +1 per message, and never restarts (not after an unsubscribe, not for
+a new connection): **``(channel, symbol, seq)`` identifies a data message
+across connections** (deduplicate on it; a jump in ``seq`` on one connection is
+a loss there, e.g. messages missed during a stall, which are never re-sent).
+A stream is made only while somebody is subscribed: its first message follows
+the first subscriber's ack at once; a later ticker subscriber first gets a
+copy of the latest ticker (same text and ``seq``), a later trades subscriber
+the next trade. (Before the feed became exchange-wide ``seq`` counted per
+connection and subscription; that meaning is gone.)
 """
 
 from __future__ import annotations

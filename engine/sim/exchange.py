@@ -21,12 +21,16 @@ Wire dialect in short (one JSON object per text frame; ``id`` echoed as sent):
 - data, per subscribed (channel, symbol), ``rate`` per second:
   ``{"channel":"ticker","symbol":"BTC-USD","bid":"...","ask":"...","seq":N,"ts":T}`` and
   ``{"channel":"trades","symbol":...,"price":"...","size":"...","side":"buy"|"sell","seq":N,"ts":T}``;
-  prices are decimal strings, ``seq`` counts from 1 per connection and
-  subscription (no gaps), ``ts`` is ``anyio.current_time()`` on the server;
-  the first message follows the ``subscribed`` ack at once.
+  prices are decimal strings, ``ts`` is ``anyio.current_time()`` on the server.
+  Data is exchange-wide: each message is made once and the same text goes to
+  every subscribed connection; ``seq`` numbers one (channel, symbol) stream
+  exchange-wide (``(channel, symbol, seq)`` identifies a message across
+  connections; :meth:`SimExchange.stream_seq` gives the latest). The first
+  message of an idle stream follows the ``subscribed`` ack at once.
 
 Faults: ``drop`` resets (no close frame); ``stall`` freezes sending on the
-current connections (no data, pings unanswered, replies held until ``resume``);
+current connections (data missed and counted, never re-sent; pings unanswered;
+replies held until ``resume``);
 ``close_all`` sends a close frame and waits a bounded time for the reply;
 ``reject_next`` answers the next handshake with an HTTP status.
 
@@ -50,6 +54,7 @@ from types import TracebackType
 import anyio
 from anyio.abc import ByteStream, Listener, SocketAttribute, TaskGroup
 
+from engine.sim.feed import Feed
 from engine.sim.schedule import Schedule
 from engine.sim.session import Acceptance, Admission, Rejection, Session
 from transports.base import URL
@@ -71,6 +76,8 @@ class SimStats:
     accepted: int  # handshakes accepted so far
     rejected: int  # handshakes answered by a reject_next() status
     data_messages: int  # ticker/trades messages written, over all connections
+    made: int = 0  # data messages made by the exchange-wide feed (each once, however many subscribers)
+    missed: int = 0  # data messages connections missed while stalled (never re-sent), or dropped as too far behind
 
 
 class SimExchange:
@@ -84,10 +91,10 @@ class SimExchange:
             ...
             sim.drop()                                       # every client sees a reset
 
-    ``rate`` is the number of data messages per second for each subscribed
-    (channel, symbol) pair of each connection (0 means no data). ``symbols``
-    are the known symbols. ``seed`` makes prices reproducible: the connections
-    accepted in the same order see the same prices.
+    ``rate`` is the number of data messages per second of each (channel,
+    symbol) stream while anybody is subscribed to it (0 means no data).
+    ``symbols`` are the known symbols. ``seed`` makes prices reproducible: the
+    same subscribe/unsubscribe history gives the same messages.
     """
 
     #: Seconds :meth:`close_all` waits for clients to answer the close frame.
@@ -106,6 +113,7 @@ class SimExchange:
         self._rate = float(rate)
         self._symbols = tuple(dict.fromkeys(symbols))
         self._rng = random.Random(seed)
+        self._feed = Feed(self._symbols, self._rate, random.Random(self._rng.getrandbits(64)))
         self._tg: TaskGroup | None = None
         self._live: list[Session] = []
         # every accepted session, in order (the server-side log; bounded for long runs)
@@ -115,6 +123,7 @@ class SimExchange:
         self._accepted = 0
         self._rejected = 0
         self._ended_data = 0
+        self._ended_missed = 0
         self._changed: anyio.Event | None = None
 
     # -- lifetime ------------------------------------------------------------
@@ -126,6 +135,7 @@ class SimExchange:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
+        tg.start_soon(self._feed.run)
         return self
 
     async def __aexit__(
@@ -184,7 +194,7 @@ class SimExchange:
                 log.warning("sim listener on port %d stopped: %s", port, exc)
 
     async def _serve(self, stream: ByteStream) -> None:
-        session = Session(stream, symbols=self._symbols, rate=self._rate, admit=self._admit, on_end=self._ended)
+        session = Session(stream, symbols=self._symbols, feed=self._feed, admit=self._admit, on_end=self._ended)
         await session.run()
 
     def _admit(self, session: Session) -> Admission:
@@ -200,6 +210,7 @@ class SimExchange:
 
     def _ended(self, session: Session) -> None:
         self._ended_data += session.data_sent
+        self._ended_missed += session.missed + session.overflowed
         if session in self._live:
             self._live.remove(session)
             self._notify()
@@ -238,6 +249,10 @@ class SimExchange:
         """
         for session in self._live:
             session.stall()
+
+    def stall_one(self, index: int = 0) -> None:
+        """Stall one live connection (``index`` in accept order among the live ones); see :meth:`stall`."""
+        self._live[index].stall()
 
     def resume(self) -> None:
         """End a stall: held replies go out, then data flows again (missed messages are skipped)."""
@@ -310,7 +325,12 @@ class SimExchange:
     def stats(self) -> SimStats:
         """The counters as one snapshot."""
         data = self._ended_data + sum(session.data_sent for session in self._live)
-        return SimStats(len(self._live), self._accepted, self._rejected, data)
+        missed = self._ended_missed + sum(session.missed + session.overflowed for session in self._live)
+        return SimStats(len(self._live), self._accepted, self._rejected, data, self._feed.made, missed)
+
+    def stream_seq(self, channel: str, symbol: str) -> int:
+        """The last exchange-wide ``seq`` of (channel, symbol)'s stream; 0 before its first message."""
+        return self._feed.stream_seq(channel, symbol)
 
     async def wait_connections(self, count: int) -> None:
         """Wait until exactly ``count`` connections are open (bound it with ``anyio.fail_after``)."""

@@ -4,16 +4,16 @@ A :class:`Session` owns one byte stream: it answers the opening handshake
 (wsproto, server role), then runs two tasks until the connection ends:
 
 - the reader: frames in, requests carried out, replies out, close handshake;
-- the data pump: sleeps until the next subscription is due
-  (:class:`~engine.sim.schedule.Schedule`), sends what is due, sleeps again.
+- the writer: sleeps until the exchange-wide feed (:class:`~engine.sim.feed.Feed`)
+  handed it data messages (:meth:`Session.deliver`), writes them, sleeps again.
 
 Every write goes through one lock, so frames never interleave and the wire
 order is the order in which they were encoded.
 
 Faults, applied by :class:`~engine.sim.exchange.SimExchange`:
 
-- :meth:`Session.stall` freezes the outgoing direction. Data is not generated,
-  pings (protocol and ``op: ping``) are not answered, and replies to requests are
+- :meth:`Session.stall` freezes the outgoing direction. Data is missed (the
+  feed's messages are dropped and counted in ``missed``, never re-sent), pings (protocol and ``op: ping``) are not answered, and replies to requests are
   held and delivered in order on :meth:`Session.resume`. Reading goes on, so a
   client that gives up and leaves is still noticed and removed.
 - :meth:`Session.reset` ends the connection without a close frame (in-memory:
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import math
 import random
 import socket
 import struct
@@ -46,8 +45,7 @@ from wsproto.connection import ConnectionState
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from engine.sim import dialect
-from engine.sim.market import Market
-from engine.sim.schedule import Due, Schedule
+from engine.sim.feed import Feed
 
 __all__ = ["Acceptance", "Admission", "Rejection", "Session"]
 
@@ -63,6 +61,8 @@ GONE: tuple[type[BaseException], ...] = (
 HANDSHAKE_TIMEOUT = 10.0  # seconds for the client to send its upgrade request
 MAX_HANDSHAKE_BYTES = 16 * 1024
 MAX_MESSAGE_SIZE = 1024 * 1024  # wsproto has no limit of its own
+#: Data messages a connection may have waiting to be written; more are dropped and counted.
+MAX_OUTBOX = 10_000
 _END_OF_HEAD = b"\r\n\r\n"
 
 
@@ -77,7 +77,7 @@ class Rejection:
 
 @dataclass(frozen=True, slots=True)
 class Acceptance:
-    """Accept the handshake: prices from ``rng``; ``raw`` bytes follow the 101 as is."""
+    """Accept the handshake: ``rng`` for this connection's own draws; ``raw`` bytes follow the 101 as is."""
 
     rng: random.Random
     raw: bytes = b""
@@ -119,7 +119,7 @@ class Session:
         stream: ByteStream,
         *,
         symbols: Sequence[str],
-        rate: float,
+        feed: Feed,
         admit: Callable[[Session], Admission],
         on_end: Callable[[Session], None],
     ) -> None:
@@ -128,8 +128,10 @@ class Session:
         self._admit = admit
         self._on_end = on_end
         self._ws = WSConnection(ConnectionType.SERVER)
-        self._schedule = Schedule(rate)
-        self._market: Market | None = None
+        self._feed = feed
+        self._keys: dict[tuple[str, str], None] = {}  # subscriptions, in subscribe order
+        self._outbox: list[str] = []  # data texts from the feed, not yet written
+        self._rng: random.Random | None = None  # this connection's own draws, once accepted
         self._scope = anyio.CancelScope()
         self._lock = anyio.Lock()
         self._wake = anyio.Event()
@@ -145,6 +147,10 @@ class Session:
         self.authenticated = False
         #: Data messages written to the stream so far.
         self.data_sent = 0
+        #: Data messages the feed offered while stalled (skipped, never re-sent).
+        self.missed = 0
+        #: Data messages dropped because :data:`MAX_OUTBOX` were already waiting (a slow reader).
+        self.overflowed = 0
         #: Every text message this client sent: ``(anyio.current_time(), text)``, in order.
         self.received: list[tuple[float, str]] = []
 
@@ -153,7 +159,7 @@ class Session:
     @property
     def subscriptions(self) -> frozenset[tuple[str, str]]:
         """The ``(channel, symbol)`` pairs this client is subscribed to."""
-        return self._schedule.keys()
+        return frozenset(self._keys)
 
     @property
     def stalled(self) -> bool:
@@ -214,6 +220,7 @@ class Session:
                     await self._read(rest)
                     tg.cancel_scope.cancel()
         finally:
+            self._feed.leave(self, list(self._keys))
             self._on_end(self)
             await anyio.aclose_forcefully(self._stream)
             self._finished.set()
@@ -251,7 +258,7 @@ class Session:
                 decision.body,
             )
             return None
-        self._market = Market(self._symbols, decision.rng)
+        self._rng = decision.rng
         await self._stream.send(self._ws.send(wse.AcceptConnection()) + decision.raw)
         log.debug("sim accepted a connection to %s", self.target)
         return rest
@@ -335,13 +342,14 @@ class Session:
             await self._reply(dialect.subscription_ack(request))  # the ack goes before any data
             now = anyio.current_time()
             for symbol in request.symbols:
-                self._schedule.add(request.channel, symbol, now)
-            self._notify()
+                if (request.channel, symbol) not in self._keys:
+                    self._keys[(request.channel, symbol)] = None
+                    self._feed.subscribe(request.channel, symbol, self, now)
             return
         elif isinstance(request, dialect.Unsubscribe):
             for symbol in request.symbols:  # no data after the ack
-                self._schedule.remove(request.channel, symbol)
-            self._notify()
+                if self._keys.pop((request.channel, symbol), 0) is None:
+                    self._feed.unsubscribe(request.channel, symbol, self)
             reply = dialect.subscription_ack(request)
         else:
             reply = dialect.error(request)
@@ -357,55 +365,64 @@ class Session:
         self._wake.set()
         self._wake = anyio.Event()
 
+    def deliver(self, channel: str, symbol: str, text: str) -> None:
+        """Take one data message from the feed; the writer sends it soon (never blocks).
+
+        While stalled the message is missed (counted in :attr:`missed`); with
+        :data:`MAX_OUTBOX` messages already waiting it is dropped (counted in
+        :attr:`overflowed`).
+        """
+        if self._stalled or self._ws.state is not ConnectionState.OPEN:
+            self.missed += 1
+        elif len(self._outbox) >= MAX_OUTBOX:
+            self.overflowed += 1
+        else:
+            self._outbox.append(text)
+            if len(self._outbox) == 1:
+                self._notify()
+
     async def _emit(self, events: Sequence[wse.Event], stalled: _Stalled) -> _Outcome:
-        """Encode and write ``events`` (an empty list flushes what a stall held)."""
+        """Encode and write ``events`` after the held replies and queued data (empty: just flush).
+
+        Everything goes out in the order it was queued: data the feed handed
+        over before a reply is written before it (no data after an
+        unsubscribe's ack).
+        """
         async with self._lock:
             if self._stalled and stalled is _Stalled.DROP:
                 return _Outcome.DROPPED
             chunks = [self._ws.send(e) for e in events if _sendable(self._ws.state, e)]
             if events and not chunks:
                 return _Outcome.DROPPED  # the close handshake has begun: too late
-            data = b"".join(chunks)
             if stalled is _Stalled.SEND:
                 self._held.clear()
             elif self._stalled:
-                if data:
-                    self._held.append(data)
+                if chunks:
+                    self._held.append(b"".join(chunks))
                 return _Outcome.HELD
-            elif self._held:
-                data = b"".join(self._held) + data
-                self._held.clear()
+            outbox, self._outbox = self._outbox, []
+            if outbox and self._ws.state is ConnectionState.OPEN:
+                chunks[:0] = [self._ws.send(wse.TextMessage(data=text)) for text in outbox]
+            else:
+                self.missed += len(outbox)
+                outbox = []
+            data = b"".join(self._held) + b"".join(chunks)
+            self._held.clear()
             if data:
                 await self._stream.send(data)
+            self.data_sent += len(outbox)
             return _Outcome.SENT
 
     async def _pump(self) -> None:
-        """The data task: wake at the next due time (or on a change), send what is due."""
+        """The writer task: wake when the feed delivered data (or on a change), write it."""
         try:
             while True:
                 wake = self._wake  # taken before any await, so no notification is missed
-                deadline = math.inf
                 if not self._stalled:
-                    await self._emit([], _Stalled.HOLD)  # flush replies held by a stall
+                    await self._emit([], _Stalled.HOLD)  # held replies, then queued data
                     if self._close_when_flushed:
                         self._scope.cancel()
                         return
-                    now = anyio.current_time()
-                    due = self._schedule.pop_due(now)
-                    if due:
-                        frames = [wse.TextMessage(data=dialect.encode(self._data(d, now))) for d in due]
-                        if await self._emit(frames, _Stalled.DROP) is _Outcome.SENT:
-                            self.data_sent += len(frames)
-                    next_due = self._schedule.next_due()
-                    if next_due is not None:
-                        deadline = next_due
-                with anyio.CancelScope(deadline=deadline):
-                    await wake.wait()
+                await wake.wait()
         except GONE:
             self._scope.cancel()
-
-    def _data(self, due: Due, now: float) -> dict[str, object]:
-        assert self._market is not None
-        if due.channel == "ticker":
-            return dialect.ticker_message(due.symbol, self._market.quote(due.symbol), due.seq, now)
-        return dialect.trade_message(due.symbol, self._market.trade(due.symbol), due.seq, now)
