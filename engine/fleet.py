@@ -160,11 +160,14 @@ class Fleet:
         return hear
 
     def _arm_rotation(self, slot: Slot, conn: Connection, live_at: float) -> None:
-        """Rotate ``slot`` ``rotate_after`` seconds after ``conn``'s session went live."""
+        """Have a replacement of ``slot`` dial ``rotate_after`` seconds after ``conn``'s session went live
+        (the rotation begins ``rotate_overlap`` before that)."""
         if slot.timer is not None:
             slot.timer.cancel()
-        if self.tg is not None:
-            self.tg.start_soon(self._rotate_at, slot, conn, conn.sessions, live_at + (slot.group.setup.rotate_after or 0.0))
+        setup = slot.group.setup
+        if self.tg is not None and setup.rotate_after is not None:
+            at = live_at + max(0.0, setup.rotate_after - setup.rotate_overlap)
+            self.tg.start_soon(self._rotate_at, slot, conn, conn.sessions, at)
 
     async def _rotate_at(self, slot: Slot, conn: Connection, session: int, at: float) -> None:
         with anyio.CancelScope() as scope:
@@ -184,8 +187,16 @@ class Fleet:
         assert rotation is not None and self.tg is not None
         rotation.fire("begin", f"{old.id} live for {setup.rotate_after:g} s")
         moved: dict[Hashable, Subscription] = {}
-        new = slot.successor = self._connection(slot, moved)
+        new: Connection | None = None
         try:
+            # Match from rotate_overlap before the replacement dials: what it is sent on
+            # subscribing (a copy of the latest ticker, a snapshot) the old one may have
+            # delivered just before.
+            await anyio.sleep(setup.rotate_overlap)
+            if not slot.enabled or slot.conn is not old or not slot.streaming:
+                rotation.fire("abort", "the old connection went down first; it resubscribes on its own")
+                return
+            new = slot.successor = self._connection(slot, moved)
             await self.tg.start(self._run, new)
             with anyio.move_on_after(setup.open_timeout + setup.setup_timeout):
                 try:
@@ -209,7 +220,7 @@ class Fleet:
             await anyio.sleep(setup.rotate_overlap)  # the replacement's late copies still matched
             rotation.fire("settled", f"{rotation.twins.duplicates if rotation.twins else 0} duplicates dropped")
         except BaseException:
-            if slot.successor is new:
+            if new is not None and slot.successor is new:
                 slot.successor = None
                 with anyio.CancelScope(shield=True):
                     await new.close(1000, "rotation abandoned")
