@@ -358,6 +358,20 @@ class Stream:
             await ready.wait()
         return self._take()
 
+    def take_nowait(self) -> list[Any]:
+        """What is queued now, as a batch (empty when nothing is; never waits)."""
+        return self._take() if (self._queue or self._latest) else []
+
+    @property
+    def hub(self) -> Streams:
+        """The :class:`Streams` it belongs to (its ``filtered`` and ``unrouted`` counts)."""
+        return self._hub
+
+    @property
+    def queued(self) -> int:
+        """Events queued now (data and the engine's own)."""
+        return len(self._latest) if self.policy is Policy.CONFLATE else len(self._queue)
+
     def _take(self) -> list[Any]:
         now = self._hub.now()
         lag = self._lag(now)
@@ -388,8 +402,9 @@ class Stream:
         data = len(batch) - controls
         self._size -= data
         self.delivered += data
-        if self.dropped > self._reported:
+        if self.dropped > self._reported and self.policy is not Policy.FAIL:
             # losses since the last report: say so at the end of this batch
+            # (a failed stream's overflow error is its report, and its last event)
             self._reported = self.dropped
             batch.append(self._backlog())
         if self._size < self.alert_at // 2 or not self._size:
