@@ -216,7 +216,7 @@ async def test_login_ok_and_refused(sim: SimExchange) -> None:
 @pytest.mark.parametrize(
     ("message", "code"),
     [
-        ({"op": "subscribe", "channel": "book", "symbols": ["BTC-USD"], "id": 1}, NOT_FOUND),
+        ({"op": "subscribe", "channel": "candles", "symbols": ["BTC-USD"], "id": 1}, NOT_FOUND),
         ({"op": "subscribe", "channel": "ticker", "symbols": ["DOGE-USD"], "id": 1}, NOT_FOUND),
         ({"op": "subscribe", "channel": "ticker", "symbols": [], "id": 1}, BAD_REQUEST),
         ({"op": "subscribe", "channel": "ticker", "id": 1}, BAD_REQUEST),

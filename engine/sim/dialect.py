@@ -24,6 +24,26 @@ Server -> client data, only for subscribed (channel, symbol) pairs:
 
 - ``{"channel":"ticker","symbol":"BTC-USD","bid":"49990.12","ask":"49995.12","seq":1,"ts":12.5}``
 - ``{"channel":"trades","symbol":"ETH-USD","price":"3001.50","size":"0.1250","side":"buy","seq":1,"ts":12.5}``
+- ``book`` (full depth, :mod:`engine.sim.book`): right after the ``subscribed``
+  ack, to that connection only, a snapshot
+  ``{"channel":"book","symbol":"BTC-USD","type":"snapshot","bids":[["49997.50","0.8429"],...],"asks":[...],"seq":41,"checksum":-1881014294,"ts":12.5}``
+  (every level, best first; ``seq`` is the last update it includes, 0 before
+  the first), then exchange-wide deltas
+  ``{"channel":"book","symbol":"BTC-USD","type":"update","bids":[[price,size],...],"asks":[...],"prev_seq":41,"seq":42,"checksum":...,"ts":12.6}``
+  with the changed levels only (absolute sizes; size ``"0.0000"`` removes the
+  level), mostly near the top; ``prev_seq`` is always ``seq - 1``, so a delta
+  whose ``prev_seq`` is not the last ``seq`` applied means a gap: resync.
+  Prices always have 2 decimals and sizes 4 (``"0.5000"``: keep the raw text).
+  ``checksum`` is over the book *after* the message, OKX's format: take the
+  best 25 bids (highest first) and best 25 asks (lowest first); interleave
+  ``bid price, bid size, ask price, ask size`` level by level; when one side
+  has fewer levels the other side's remaining levels follow alone; join all
+  fields with ``:``; CRC32 (``zlib.crc32``) of that ASCII string as a *signed*
+  32-bit integer. ``SimExchange.book_snapshot(symbol)`` gives the same
+  snapshot as a REST call would (Binance-style flow: buffer deltas, fetch it,
+  apply the deltas whose ``seq`` is greater). A snapshot is per connection;
+  only deltas are exchange-wide (deduplicate on ``(channel, symbol, type, seq)``
+  when you also keep snapshots).
 
 Prices and sizes are decimal strings; ``ts`` is the server's
 ``anyio.current_time()`` when the message was made.
@@ -69,11 +89,13 @@ __all__ = [
     "parse_request",
     "pong",
     "subscription_ack",
+    "book_snapshot",
+    "book_update",
     "ticker_message",
     "trade_message",
 ]
 
-CHANNELS = ("ticker", "trades")
+CHANNELS = ("ticker", "trades", "book")
 BAD_REQUEST = 400
 NOT_FOUND = 404
 
@@ -199,5 +221,38 @@ def trade_message(symbol: str, trade: Trade, seq: int, ts: float) -> dict[str, A
         "size": trade.size,
         "side": trade.side,
         "seq": seq,
+        "ts": ts,
+    }
+
+
+def book_snapshot(
+    symbol: str, bids: list[list[str]], asks: list[list[str]], seq: int, checksum: int, ts: float
+) -> dict[str, Any]:
+    """The full book of ``symbol`` as of update ``seq`` (0: before the first update)."""
+    return {
+        "channel": "book",
+        "symbol": symbol,
+        "type": "snapshot",
+        "bids": bids,
+        "asks": asks,
+        "seq": seq,
+        "checksum": checksum,
+        "ts": ts,
+    }
+
+
+def book_update(
+    symbol: str, bids: list[list[str]], asks: list[list[str]], seq: int, checksum: int, ts: float
+) -> dict[str, Any]:
+    """One book delta: the changed levels (size ``"0.0000"``: removed), ``prev_seq`` is ``seq - 1``."""
+    return {
+        "channel": "book",
+        "symbol": symbol,
+        "type": "update",
+        "bids": bids,
+        "asks": asks,
+        "prev_seq": seq - 1,
+        "seq": seq,
+        "checksum": checksum,
         "ts": ts,
     }

@@ -50,6 +50,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import anyio
 from anyio.abc import ByteStream, Listener, SocketAttribute, TaskGroup
@@ -106,6 +107,7 @@ class SimExchange:
         rate: float = 10.0,
         symbols: Sequence[str] = ("BTC-USD", "ETH-USD"),
         seed: int = 0,
+        book_depth: int = 100,
     ) -> None:
         Schedule(rate)  # validates the rate
         if isinstance(symbols, str) or not symbols or not all(isinstance(s, str) and s for s in symbols):
@@ -113,7 +115,9 @@ class SimExchange:
         self._rate = float(rate)
         self._symbols = tuple(dict.fromkeys(symbols))
         self._rng = random.Random(seed)
-        self._feed = Feed(self._symbols, self._rate, random.Random(self._rng.getrandbits(64)))
+        if not isinstance(book_depth, int) or book_depth < 2:
+            raise ValueError(f"book_depth must be an int >= 2, not {book_depth!r}")
+        self._feed = Feed(self._symbols, self._rate, random.Random(self._rng.getrandbits(64)), book_depth)
         self._tg: TaskGroup | None = None
         self._live: list[Session] = []
         # every accepted session, in order (the server-side log; bounded for long runs)
@@ -327,6 +331,19 @@ class SimExchange:
         data = self._ended_data + sum(session.data_sent for session in self._live)
         missed = self._ended_missed + sum(session.missed + session.overflowed for session in self._live)
         return SimStats(len(self._live), self._accepted, self._rejected, data, self._feed.made, missed)
+
+    def book_snapshot(self, symbol: str, depth: int | None = None) -> dict[str, Any]:
+        """``symbol``'s current order book, as a REST endpoint would return it (JSON-able).
+
+        The same shape as the ``book`` channel's snapshot message (``"type":
+        "snapshot"``, ``bids``/``asks`` best first as ``[price, size]`` strings,
+        ``seq`` of the last update it includes, ``checksum`` of its best 25
+        levels, ``ts``); ``depth`` limits the levels per side. Apply the deltas
+        whose ``seq`` is greater. ``KeyError`` for an unknown symbol.
+        """
+        if symbol not in self._symbols:
+            raise KeyError(symbol)
+        return self._feed.book_snapshot(symbol, anyio.current_time(), depth)
 
     def stream_seq(self, channel: str, symbol: str) -> int:
         """The last exchange-wide ``seq`` of (channel, symbol)'s stream; 0 before its first message."""

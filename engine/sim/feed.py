@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import anyio
 
 from engine.sim import dialect
+from engine.sim.book import SimBook
 from engine.sim.market import Market
 from engine.sim.schedule import Schedule
 
@@ -63,6 +64,12 @@ def _trade(feed: Feed, symbol: str, seq: int, now: float) -> dict[str, Any]:
     return dialect.trade_message(symbol, feed.market.trade(symbol), seq, now)
 
 
+def _book(feed: Feed, symbol: str, seq: int, now: float) -> dict[str, Any]:
+    book = feed.book(symbol)
+    bids, asks = book.step()
+    return dialect.book_update(symbol, bids, asks, seq, book.checksum(), now)
+
+
 class Feed:
     """The exchange's market data streams at ``rate`` messages per second each.
 
@@ -71,11 +78,14 @@ class Feed:
     messages.
     """
 
-    def __init__(self, symbols: Iterable[str], rate: float, rng: random.Random) -> None:
+    def __init__(self, symbols: Iterable[str], rate: float, rng: random.Random, book_depth: int = 100) -> None:
         self.market = Market(symbols, rng)
+        self._book_seed = rng.getrandbits(64)
+        self._book_depth = book_depth
+        self._books: dict[str, SimBook] = {}
         self._schedule = Schedule(rate)  # due times of the running streams
         self._streams: dict[tuple[str, str], _Stream] = {}
-        self._makers: dict[str, Maker] = {"ticker": _ticker, "trades": _trade}
+        self._makers: dict[str, Maker] = {"ticker": _ticker, "trades": _trade, "book": _book}
         self._wake: anyio.Event | None = None  # made by run(): no event loop needed before
         #: Data messages made so far (each counted once, however many subscribers).
         self.made = 0
@@ -84,6 +94,24 @@ class Feed:
         """The last ``seq`` given out on (channel, symbol); 0 before the first message."""
         stream = self._streams.get((channel, symbol))
         return 0 if stream is None else stream.seq
+
+    def book(self, symbol: str) -> SimBook:
+        """``symbol``'s order book, made on first use around the market's mid price.
+
+        Each book draws from its own generator seeded by the feed's seed and the
+        symbol, so books do not depend on which one was made first.
+        """
+        book = self._books.get(symbol)
+        if book is None:
+            rng = random.Random(f"{self._book_seed}:{symbol}")
+            book = self._books[symbol] = SimBook(self.market.mid(symbol), rng, self._book_depth)
+        return book
+
+    def book_snapshot(self, symbol: str, now: float, depth: int | None = None) -> dict[str, Any]:
+        """``symbol``'s book as a snapshot message, as of its stream's latest ``seq``."""
+        book = self.book(symbol)
+        bids, asks = book.levels(depth)
+        return dialect.book_snapshot(symbol, bids, asks, self.stream_seq("book", symbol), book.checksum(), now)
 
     def subscribers(self, channel: str, symbol: str) -> int:
         """How many connections are subscribed to (channel, symbol)."""
@@ -97,6 +125,8 @@ class Feed:
         if subscriber in stream.subscribers:
             return
         stream.subscribers[subscriber] = None
+        if channel == "book":  # the snapshot goes first, then the deltas after its seq
+            subscriber.deliver(channel, symbol, dialect.encode(self.book_snapshot(symbol, now)))
         if len(stream.subscribers) == 1:
             self._schedule.add(channel, symbol, now)  # due at once
             self._notify()

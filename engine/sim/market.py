@@ -64,6 +64,10 @@ class Market:
             else:
                 self._mid[symbol] = units * _TICKS_PER_UNIT
 
+    def mid(self, symbol: str) -> int:
+        """``symbol``'s current mid price in ticks of 0.01 (``KeyError`` if unknown)."""
+        return self._mid[symbol]
+
     def _step(self, symbol: str) -> tuple[int, int]:
         """Move ``symbol``'s mid one step; return the new (bid, ask) in ticks."""
         mid = self._mid[symbol]
