@@ -15,7 +15,7 @@ from typing import NoReturn
 __all__ = ["DEMO_MIN_DURATION", "SIM_PORT", "main"]
 
 #: Shortest ``wirestate demo --duration``, seconds. The whole demo takes about
-#: 16 s; a run between this and that just ends early, before every fault.
+#: 20 s; a run between this and that just ends early, before every step.
 DEMO_MIN_DURATION = 1.0
 #: ``wirestate sim``'s port when no ``--port`` is given.
 SIM_PORT = 8765
@@ -144,9 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument(
         "--duration",
         type=_seconds(DEMO_MIN_DURATION),
-        default=20.0,
-        help=f"upper bound on the run, seconds (default 20, at least {DEMO_MIN_DURATION:g}; "
-        "the whole demo takes about 16, a shorter run ends early)",
+        default=30.0,
+        help=f"upper bound on the run, seconds (default 30, at least {DEMO_MIN_DURATION:g}; "
+        "the whole demo takes about 20, a shorter run ends early)",
     )
     demo.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     demo.set_defaults(run=_demo)

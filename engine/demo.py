@@ -31,12 +31,14 @@ Then it injects, one after the other, each shown in the table and the log:
 3. a 429: the next handshake is answered ``429`` with ``Retry-After: 2``
    (``sim.reject_next``) and one connection is reset to make it reconnect: it
    is refused, waits the 2 s the server asked for, then comes back;
-4. a clean shutdown: every connection closes with 1000.
+4. a rotation: ``private#1`` is replaced make-before-break
+   (:meth:`Manager.rotate`, what ``rotate_after`` does ahead of an exchange's
+   connection lifetime limit): a second socket logs in and subscribes beside
+   it, both stream for a second with each message delivered once, then the
+   old one closes with 1000; the id stays ``private#1``;
+5. a clean shutdown: every connection closes with 1000.
 
-A rotation (planned reconnects before an exchange's connection lifetime runs
-out) is not shown: the manager has none yet.
-
-The whole script takes about 16 s. It ends by itself within ``duration``
+The whole script takes about 20 s. It ends by itself within ``duration``
 seconds (a shorter bound ends it early, before every step, still with a
 clean shutdown), or on Ctrl-C, with exit code 0 on asyncio and trio alike
 (Ctrl-C is the caller's: :func:`run_demo` prints ``interrupted``).
@@ -137,7 +139,17 @@ def _manager(url: str, board: Board) -> Manager:
     )
     manager = Manager(setup)
     manager.add_connection(ConnectionSetup(url=f"{url}/public", **timeouts), name="public")
-    manager.add_connection(ConnectionSetup(url=f"{url}/private", authenticated=True, connector=_login, **timeouts), name="private")
+    manager.add_connection(
+        ConnectionSetup(
+            url=f"{url}/private",
+            authenticated=True,
+            connector=_login,
+            rotate_after=3600.0,  # (a lifetime limit far away: the demo rotates on demand)
+            rotate_overlap=1.0,
+            **timeouts,
+        ),
+        name="private",
+    )
     manager.on_state_change(board.state_changed)
     return manager
 
@@ -231,6 +243,19 @@ async def _faults(manager: Manager, sim: SimExchange, board: Board) -> None:
     await anyio.sleep(2.0)
     board.snapshot()
 
+    # 4. a rotation
+    board.say("--- then a rotation: private#1 is replaced make-before-break (Manager.rotate)")
+    old, accepted = manager.connection("private#1"), sim.accepted
+    if await manager.rotate("private#1"):
+        new = manager.connection("private#1")
+        board.say(
+            f"--- rotation: private#1 runs on a new socket ({sim.accepted - accepted} accepted), logged in and"
+            f" subscribed before the old one closed with {old.last_close_sent[0] if old.last_close_sent else '?'};"
+            f" it is {new.state.value}"
+        )
+    await anyio.sleep(1.0)
+    board.snapshot()
+
 
 async def _demo(duration: float) -> None:
     start = anyio.current_time()
@@ -260,7 +285,7 @@ async def _demo(duration: float) -> None:
     print(board.summary(), flush=True)
 
 
-def run_demo(duration: float = 20.0, backend: str = "asyncio") -> int:
+def run_demo(duration: float = 30.0, backend: str = "asyncio") -> int:
     """Run the demo; returns the exit code (0, also on Ctrl-C, on either backend)."""
     try:
         run_interruptible(_demo, duration, backend=backend)

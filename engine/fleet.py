@@ -181,11 +181,27 @@ class Fleet:
         if still and slot.rotation is not None and slot.rotation.may_fire("begin"):
             await self._rotate(slot)
 
+    async def rotate_now(self, slot_id: str) -> bool:
+        """Rotate one connection now (make-before-break); True once the replacement carries it."""
+        slot = self.slots.get(slot_id)
+        if slot is None:
+            raise WirestateError(f"no connection {slot_id!r} (have {sorted(self.slots)})")
+        rotation = slot.rotation
+        if rotation is None:
+            raise ConfigError(f"{slot_id}: its setup has no rotate_after (set one to make it rotatable)")
+        if not rotation.may_fire("begin"):
+            raise WirestateError(f"{slot_id}: a rotation is already under way ({rotation.state})")
+        if not slot.streaming:
+            raise WirestateError(f"{slot_id}: not streaming ({slot.state.value}); nothing to rotate")
+        done = rotation.completed
+        await self._rotate(slot)
+        return rotation.completed > done
+
     async def _rotate(self, slot: Slot) -> None:
         """Open a replacement beside ``slot``'s connection, overlap, cut over, close the old one."""
         rotation, old, setup = slot.rotation, slot.conn, slot.group.setup
         assert rotation is not None and self.tg is not None
-        rotation.fire("begin", f"{old.id} live for {setup.rotate_after:g} s")
+        rotation.fire("begin", f"{old.id} has a lifetime limit (rotate_after {setup.rotate_after:g} s)")
         moved: dict[Hashable, Subscription] = {}
         new: Connection | None = None
         try:

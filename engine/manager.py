@@ -150,6 +150,18 @@ class Manager:
         """Point a setup at a new URL: its connections reconnect there (same ids, same subscriptions)."""
         await self._fleet.set_url(setup_name, url)
 
+    async def rotate(self, connection_id: str) -> bool:
+        """Replace a connection now, make-before-break (its setup needs ``rotate_after``).
+
+        A replacement is opened, logged in and subscribed beside it, both run
+        ``rotate_overlap`` seconds with each message delivered once, then the
+        old one closes with 1000; the logical id stays. Returns True once the
+        replacement carries the connection, False if it could not come up
+        (the old one carries on). For an exchange's "this server restarts
+        soon" notice, say, ahead of the lifetime ``rotate_after`` plans for.
+        """
+        return await self._fleet.rotate_now(connection_id)
+
     def get_connection(self, message_filter: Any = None) -> Connection:
         """A streaming connection to send on: the first whose setup's ``message_filter`` equals the given one."""
         for slot in self._fleet.slots.values():

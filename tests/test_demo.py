@@ -151,8 +151,27 @@ def test_demo_runs_every_step_and_ends_by_itself() -> None:
     assert lines[back] == f"--- 429: {victim} was refused, waited the 2 s the server asked for, and is live again"
     assert table(lines, back)[victim][4].startswith("handshake rejected with HTTP 429")
 
+    # the rotation: a second private#1 socket logs in and subscribes, then the old one closes with 1000
+    rotation = line_of(lines, "--- then a rotation: private#1", back)
+    rotated = line_of(lines, "--- rotation: ", rotation)
+    assert lines[rotated] == (
+        "--- rotation: private#1 runs on a new socket (1 accepted), logged in and subscribed before the old one"
+        " closed with 1000; it is live"
+    )
+    during = [(e[2], e[3], e[4], e[5]) for e in events(lines) if rotation < e[0] < rotated]
+    assert {e[1] for e in events(lines) if rotation < e[0] < rotated} == {"private#1"}  # nobody else moved
+    assert [d[:3] for d in during] == [
+        ("disconnected", "connecting", "connect"),  # the replacement...
+        ("connecting", "authenticating", "opened"),  # ...logs in...
+        ("authenticating", "subscribing", "authenticated"),
+        ("subscribing", "live", "subscribed"),  # ...and subscribes, while the old one streams on
+        ("live", "closing", "close"),  # then the old one closes
+        ("closing", "disconnected", "closed"),
+    ]
+    assert during[4][3] == "user close: rotated"
+
     # the clean shutdown, then the summary
-    shutdown = line_of(lines, "--- shutting down: every connection closes with 1000", back)
+    shutdown = line_of(lines, "--- shutting down: every connection closes with 1000", rotated)
     closed = line_of(lines, "--- closed", shutdown)
     closing = [(e[1], e[2], e[3], e[4]) for e in events(lines) if shutdown < e[0] < closed]
     assert sorted(closing) == sorted(

@@ -8,7 +8,7 @@ import anyio
 import orjson
 import pytest
 
-from engine import Backoff, ConnectionSetup, State
+from engine import Backoff, ConfigError, ConnectionSetup, State, WirestateError
 from engine.config import WebsocketSetup
 from engine.events import StateChanged
 from engine.manager import Manager
@@ -165,3 +165,29 @@ async def test_rotations_under_a_steady_stream_lose_nothing_and_duplicate_nothin
     for stream, seqs in seen.items():
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"{stream}: lost or duplicated"
         assert len(seqs) > 900  # the streams ran throughout (half of 20/s each, ~100 s)
+
+
+@pytest.mark.anyio
+async def test_rotate_on_demand_and_its_errors() -> None:
+    async with SimExchange(rate=2.0) as sim:
+        manager = Manager(WebsocketSetup(exchange="sim", traffic_timeout=10.0), dialer=sim.dialer())
+        manager.add_connection(rotating(rotate_after=3600.0), name="spot")
+        manager.add_connection(rotating(url="ws://sim.test/other", rotate_after=None), name="plain")
+        with anyio.fail_after(600):
+            async with manager:
+                await manager.subscribe([Subscription("ticker", "BTC-USD")], group="spot")
+                await manager.subscribe([Subscription("ticker", "ETH-USD")], group="plain")
+                first = manager.connection("spot#1")
+                start = anyio.current_time()
+                assert await manager.rotate("spot#1") is True
+                assert anyio.current_time() - start == pytest.approx(3 * 2.0, abs=0.1)  # prime, overlap, drain
+                assert manager.connection("spot#1") is not first and first.last_close_sent == (1000, "rotated")
+                with pytest.raises(ConfigError, match="rotate_after"):
+                    await manager.rotate("plain#1")
+                with pytest.raises(WirestateError, match="no connection"):
+                    await manager.rotate("nope#1")
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(manager.rotate, "spot#1")
+                    await anyio.sleep(0.5)
+                    with pytest.raises(WirestateError, match="already under way"):
+                        await manager.rotate("spot#1")
