@@ -14,6 +14,13 @@ request by hand, answers ``101`` with the computed ``Sec-WebSocket-Accept``
     the client sends a close frame, answers it with a close frame and drops
     the connection (pings are answered with pongs). Used for the handshake
     latency and idle-memory measurements.
+``echo``
+    answers every text frame the client sends with the same payload,
+    unmasked (a request ``{"id":7,...}`` gets a response carrying ``"id":7``),
+    all the answers to one read in one write; pings get pongs, a close frame
+    is echoed and the connection dropped. An ``asyncio.Protocol`` with no
+    per-frame awaits: the round-trip benchmark's server, the same for every
+    client.
 
 Run it as its own process (``python -m benchmarks.blast --mode blast
 --messages N``): it prints ``PORT <n>`` once listening, and exits when its
@@ -32,7 +39,7 @@ import struct
 import sys
 import threading
 
-__all__ = ["GUID", "accept_key", "encode_frame", "make_message", "build_stream", "BlastServer", "main"]
+__all__ = ["GUID", "accept_key", "encode_frame", "make_message", "build_stream", "BlastServer", "EchoProtocol", "main"]
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 BLOCK = 256 * 1024  # bytes per write while blasting
@@ -150,6 +157,87 @@ class BlastServer:
                 writer.write(encode_frame(payload, 0xA))
 
 
+def unmask(data: bytes, mask: bytes) -> bytes:
+    """XOR ``data`` with the 4-byte ``mask`` repeated, as one big-int operation (no per-byte loop)."""
+    n = len(data)
+    if not n:
+        return b""
+    key = (mask * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
+
+
+class EchoProtocol(asyncio.Protocol):
+    """``echo`` mode: handshake, then each client text/binary frame back unmasked (see the module doc)."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.upgraded = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer
+        buf += data
+        transport = self.transport
+        assert transport is not None
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            key = None
+            for line in bytes(buf[:end]).split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"sec-websocket-key":
+                    key = value.strip()
+            del buf[: end + 4]
+            if key is None:
+                transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                transport.close()
+                return
+            transport.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Accept: " + accept_key(key) + b"\r\n\r\n"
+            )
+            self.upgraded = True
+        out = []
+        pos, size = 0, len(buf)
+        while size - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            length, head = b1 & 0x7F, 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+            masked = b1 & 0x80
+            end = pos + head + (4 if masked else 0) + length
+            if end > size:
+                break
+            payload = bytes(buf[end - length : end])
+            if masked:
+                payload = unmask(payload, bytes(buf[pos + head : pos + head + 4]))
+            pos = end
+            opcode = b0 & 0x0F
+            if opcode in (0x1, 0x2):
+                out.append(encode_frame(payload, opcode))
+            elif opcode == 0x9:
+                out.append(encode_frame(payload, 0xA))
+            elif opcode == 0x8:
+                out.append(encode_frame(payload[:2], 0x8))
+                transport.write(b"".join(out))
+                transport.close()  # the server closes TCP first (RFC 6455 7.1.1)
+                return
+        del buf[:pos]
+        if out:
+            transport.write(b"".join(out))
+
+
 def raise_nofile_limit() -> int:
     """Raise the soft open-files limit to the hard limit; return the new soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -161,8 +249,12 @@ def raise_nofile_limit() -> int:
 async def serve(mode: str, messages: int, lifetime: float, port: int = 0) -> None:
     """Listen on 127.0.0.1, print the port, serve until stdin EOF or ``lifetime``."""
     raise_nofile_limit()
-    server_logic = BlastServer(mode, build_stream(messages) if mode == "blast" else b"")
-    server = await asyncio.start_server(server_logic.handle, "127.0.0.1", port, backlog=2048)
+    server: asyncio.Server
+    if mode == "echo":
+        server = await asyncio.get_running_loop().create_server(EchoProtocol, "127.0.0.1", port, backlog=2048)
+    else:
+        server_logic = BlastServer(mode, build_stream(messages) if mode == "blast" else b"")
+        server = await asyncio.start_server(server_logic.handle, "127.0.0.1", port, backlog=2048)
     bound = server.sockets[0].getsockname()[1]
     print(f"PORT {bound}", flush=True)
 
@@ -187,7 +279,7 @@ async def serve(mode: str, messages: int, lifetime: float, port: int = 0) -> Non
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point (see module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mode", choices=["blast", "hold"], default="blast")
+    parser.add_argument("--mode", choices=["blast", "hold", "echo"], default="blast")
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--lifetime", type=float, default=900.0, help="exit after this many seconds at most")

@@ -105,6 +105,30 @@ class Client:
     def idle(self, port: int) -> contextlib.AbstractAsyncContextManager[Any]:
         raise NotImplementedError
 
+    async def roundtrips(self, port: int, n: int, inflight: int) -> tuple[float, float]:
+        """(wall seconds, CPU seconds of this process) for the ``n`` timed round trips."""
+        raise NotImplementedError(f"{type(self).__name__} has no round-trip benchmark")
+
+
+def request_payload(key: int) -> dict[str, Any]:
+    """One request of the round-trip benchmark (~60 bytes of JSON); the echo carries its id back."""
+    return {"id": key, "op": "order.status", "args": {"symbol": "BTC-USD", "order": 123456789}}
+
+
+#: sequential requests before timing starts (connection, caches and code paths warm)
+ROUNDTRIP_WARMUP = 200
+
+
+async def _workers(inflight: int, n: int, one: Callable[[int], Any], start: int) -> None:
+    """``inflight`` asyncio tasks taking ids ``start .. start+n-1`` in turn, each awaiting ``one(id)``."""
+    ids = iter(range(start, start + n))
+
+    async def worker() -> None:
+        for key in ids:  # (shared: each id is taken once)
+            await one(key)
+
+    await asyncio.gather(*(worker() for _ in range(inflight)))
+
 
 class WebsocketsClient(Client):
     """python-websockets, new asyncio implementation (the 1.0 reference)."""
@@ -140,6 +164,42 @@ class WebsocketsClient(Client):
         async with connect(f"ws://127.0.0.1:{port}/", **self.connect_options) as ws:
             await ws.recv()  # hello
             yield ws
+
+
+    async def roundtrips(self, port: int, n: int, inflight: int) -> tuple[float, float]:
+        """A dict of futures keyed by id: what a python-websockets user writes by hand."""
+        import orjson
+        from websockets.asyncio.client import connect
+
+        loop = asyncio.get_running_loop()
+        waiting: dict[Any, asyncio.Future[Any]] = {}
+        dumps, loads = orjson.dumps, orjson.loads
+        async with connect(f"ws://127.0.0.1:{port}/", max_size=None, proxy=None) as ws:
+
+            async def reader() -> None:
+                async for message in ws:
+                    decoded = loads(message)
+                    future = waiting.pop(decoded.get("id") if type(decoded) is dict else None, None)
+                    if future is not None and not future.done():
+                        future.set_result(message)
+                    # (anything else would go to the application's handler)
+
+            async def request(key: int) -> Any:
+                future = waiting[key] = loop.create_future()  # registered before the send
+                try:
+                    async with asyncio.timeout(30):  # (wirestate's requests have deadlines too)
+                        await ws.send(dumps(request_payload(key)).decode())
+                        return await future
+                finally:
+                    waiting.pop(key, None)
+
+            task = asyncio.create_task(reader())
+            await _workers(1, ROUNDTRIP_WARMUP, request, -ROUNDTRIP_WARMUP)
+            t0, c0 = time.perf_counter(), time.process_time()
+            await _workers(inflight, n, request, 0)
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+            task.cancel()
+        return elapsed, cpu
 
 
 class WebsocketsNoProxyClient(WebsocketsClient):
@@ -399,12 +459,20 @@ class WirestateClient(Client):
 
     runner = "anyio"
 
-    def __init__(self, frame_path: str, batch: bool) -> None:
+    def __init__(self, frame_path: str, batch: bool, pending: bool = False, prefilter: bool = False) -> None:
         self.frame_path = frame_path
         self.batch = batch
+        # pending: one request waits, never answered, while the N messages arrive
+        # (every message is then offered to the matcher first)
+        self.pending = pending
+        # prefilter: the setup's response_key skips messages without '"id"' before parsing
+        # (shows what a cheaper default key function would buy)
+        self.prefilter = prefilter
+        self.extra: dict[str, Any] = {}
 
     async def throughput(self, port: int, n: int, decode: Decode | None) -> float:
         import anyio
+        import attrs
         from engine import Connection, ConnectionSetup
 
         done = anyio.Event()
@@ -451,18 +519,84 @@ class WirestateClient(Client):
 
             setup = ConnectionSetup(url=f"ws://127.0.0.1:{port}/", handler=on_message, frame_path=self.frame_path)
 
+        from engine import ConnectionClosed
+
+        held: dict[str, Any] = {"registered_after": -1, "outcome": "still pending"}
+
+        async def hold(conn: Any) -> None:
+            held["registered_after"] = count  # request() registers before its first await
+            try:
+                await conn.request({"id": "never"}, key="never-answered", timeout=3600)
+                held["outcome"] = "answered"
+            except ConnectionClosed:  # (ConnectionLost too) when the run ends: expected
+                pass
+            except Exception as exc:
+                held["outcome"] = f"{type(exc).__name__}: {exc}"
+
+        async def connector(conn: Any) -> None:
+            # The wire is open here, before the connection counts as live: start the request
+            # that stays pending, and go on once it is registered.
+            tg.start_soon(hold, conn)
+            for _ in range(100):
+                if held["registered_after"] >= 0:
+                    return
+                await anyio.sleep(0)
+            raise RuntimeError("the pending request did not start")
+
+        if self.pending:
+            setup = attrs.evolve(setup, connector=connector)
+        if self.prefilter:
+            setup = attrs.evolve(setup, response_key=_prefiltered_json_id())
         t0 = time.perf_counter()
-        async with Connection(setup) as conn:
-            await done.wait()
-            elapsed = time.perf_counter() - t0
-            # The engine reconnects on its own: N messages over two sessions is no valid run.
-            # (The server closes right after the N-th message, often in the same read, so a
-            # "lost" after the last message is the normal end; a second session is not.)
-            sessions = conn.sessions
+        async with anyio.create_task_group() as tg:
+            async with Connection(setup) as conn:
+                await done.wait()
+                elapsed = time.perf_counter() - t0
+                # The engine reconnects on its own: N messages over two sessions is no valid run.
+                # (The server closes right after the N-th message, often in the same read, so a
+                # "lost" after the last message is the normal end; a second session is not.)
+                sessions = conn.sessions
         if sessions != 1:
             raise RuntimeError(f"the N messages came over {sessions} sessions: the connection was lost during the run")
         _check(count, n)
+        if self.pending:
+            if held["outcome"] != "still pending" or held["registered_after"] < 0:
+                raise RuntimeError(f"the request was not pending during the run: {held}")
+            self.extra["messages_before_pending"] = held["registered_after"]
         return elapsed
+
+    async def roundtrips(self, port: int, n: int, inflight: int) -> tuple[float, float]:
+        """``Connection.request`` with the default ``response_key`` (the JSON ``"id"``)."""
+        import anyio
+        from engine import Connection, ConnectionSetup, State
+
+        setup = ConnectionSetup(url=f"ws://127.0.0.1:{port}/", handler=lambda conn, message: None,
+                                frame_path=self.frame_path)  # fmt: skip
+        async with Connection(setup) as conn:
+            await conn.wait_for(State.LIVE)
+            request = conn.request
+
+            async def one(key: int) -> Any:
+                return await request(request_payload(key), key=key, timeout=30)
+
+            async def workers(tasks: int, count: int, start: int) -> None:
+                ids = iter(range(start, start + count))
+
+                async def worker() -> None:
+                    for key in ids:  # (shared: each id is taken once)
+                        await one(key)
+
+                async with anyio.create_task_group() as tg:
+                    for _ in range(tasks):
+                        tg.start_soon(worker)
+
+            await workers(1, ROUNDTRIP_WARMUP, -ROUNDTRIP_WARMUP)
+            t0, c0 = time.perf_counter(), time.process_time()
+            await workers(inflight, n, 0)
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+            if conn.sessions != 1:
+                raise RuntimeError("the connection was lost during the run")
+        return elapsed, cpu
 
     @contextlib.asynccontextmanager
     async def idle(self, port: int) -> AsyncIterator[Any]:
@@ -478,6 +612,21 @@ class WirestateClient(Client):
         async with Connection(setup) as conn:
             await hello.wait()
             yield conn
+
+
+def _prefiltered_json_id() -> Callable[[str | bytes], Any]:
+    """``engine.json_id``, but a message without ``"id"`` in it is no answer, without parsing it."""
+    from engine import json_id
+
+    def response_key(message: str | bytes) -> Any:
+        if type(message) is str:
+            if '"id"' not in message:
+                return None
+        elif b'"id"' not in message:  # type: ignore[operator]
+            return None
+        return json_id(message)
+
+    return response_key
 
 
 def _check(count: int, n: int) -> None:
@@ -496,6 +645,9 @@ CLIENTS: dict[str, Callable[[], Client]] = {
     "wirestate-fast": lambda: WirestateClient("fast", batch=False),
     "wirestate-fast-batch": lambda: WirestateClient("fast", batch=True),
     "wirestate-wsproto": lambda: WirestateClient("wsproto", batch=False),
+    "wirestate-fast-pending": lambda: WirestateClient("fast", batch=False, pending=True),
+    "wirestate-fast-batch-pending": lambda: WirestateClient("fast", batch=True, pending=True),
+    "wirestate-fast-pending-prefilter": lambda: WirestateClient("fast", batch=False, pending=True, prefilter=True),
 }
 
 
@@ -507,7 +659,16 @@ async def task_throughput(client: Client, args: argparse.Namespace) -> dict[str,
     decode = DECODERS[args.decode]()
     async with client:
         elapsed = await client.throughput(args.port, args.messages, decode)
-    return {"elapsed": elapsed, "messages": args.messages, "rate": args.messages / elapsed}
+    return {"elapsed": elapsed, "messages": args.messages, "rate": args.messages / elapsed,
+            **getattr(client, "extra", {})}  # fmt: skip
+
+
+async def task_roundtrip(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+    """N request/response round trips against the echo server, ``--inflight`` at a time."""
+    async with client:
+        elapsed, cpu = await client.roundtrips(args.port, args.messages, args.inflight)
+    return {"elapsed": elapsed, "requests": args.messages, "inflight": args.inflight, "rate": args.messages / elapsed,
+            "cpu_us": cpu / args.messages * 1e6}  # fmt: skip
 
 
 async def task_handshake(client: Client, args: argparse.Namespace) -> dict[str, Any]:
@@ -554,7 +715,7 @@ async def task_memory(client: Client, args: argparse.Namespace) -> dict[str, Any
     return result
 
 
-TASKS = {"throughput": task_throughput, "handshake": task_handshake, "memory": task_memory}
+TASKS = {"throughput": task_throughput, "handshake": task_handshake, "memory": task_memory, "roundtrip": task_roundtrip}
 
 
 def _watchdog(seconds: float) -> None:
@@ -580,6 +741,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connects", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--connections", type=int, default=1000)
+    parser.add_argument("--inflight", type=int, default=1, help="round trips in flight at once (roundtrip task)")
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args(argv)
     _watchdog(args.timeout)

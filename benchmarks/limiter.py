@@ -18,15 +18,14 @@ Two measures:
    each ideal time, are that floor. On the tests' virtual clocks it is exact.
 
 Peers: aiolimiter (leaky bucket), limits (moving window, memory storage) and
-pyrate-limiter (in-memory bucket). Install them in a scratch venv, never in
-the project's, and point ``--site`` at its site-packages (same Python)::
+pyrate-limiter (in-memory bucket), all in the ``bench`` extra::
 
-    python3.11 -m venv /tmp/limbench
-    /tmp/limbench/bin/pip install aiolimiter limits pyrate-limiter
-    .venv/bin/python benchmarks/limiter.py --site /tmp/limbench/lib/python3.11/site-packages
+    .venv/bin/pip install -e '.[bench]'
+    .venv/bin/python -m benchmarks.limiter          # or: python -m benchmarks --only limiter
 
-Without them the peer rows say "not installed". ``--quick`` runs fewer rounds;
-``--json`` prints the rows as JSON.
+(``--site DIR`` adds another environment's site-packages, e.g. a scratch venv
+that has the peers.) Without them the peer rows say "not installed".
+``--quick`` runs fewer rounds; ``--json`` prints the result as JSON.
 
 Every measurement runs in a fresh process: some peers start background threads
 (pyrate-limiter's leaker, limits' expiry timer) that would otherwise take the
@@ -288,10 +287,18 @@ def child(kind: str, key: str, amount: int) -> None:
 
 def run_child(sites: list[str], kind: str, key: str, amount: int) -> Any:
     cmd = [sys.executable, __file__, *[f"--site={s}" for s in sites], "--child", kind, key, str(amount)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, preexec_fn=_pin())
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} {key}: {proc.stderr.strip()[-300:]}")
     return json.loads(proc.stdout)
+
+
+def _pin() -> Callable[[], None] | None:
+    """Every measurement on the first CPU (as the runner's clients), when there are two or more."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < 2:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpus[0]})
 
 
 def installed(module: str) -> bool:
@@ -371,41 +378,52 @@ def main(argv: list[str] | None = None) -> None:
         for i, case in present
     ]
     missing = sorted({case.requires for case in CASES if not installed(case.requires)})
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    result = {"decisions": decision_rows, "lateness": late, "missing": missing, "versions": versions(),
+              "rounds": rounds, "batches": batches, "load_average": load[0]}  # fmt: skip
     if args.json:
-        json.dump({"decisions": decision_rows, "lateness": late, "missing": missing, "versions": versions()}, sys.stdout)
+        json.dump(result, sys.stdout)
         print()
         return
-
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     print(
         f"Python {platform.python_version()} ({platform.python_implementation()}), {os.cpu_count()} CPUs, "
         f"load {load[0]:.2f}; " + ", ".join(f"{k} {v}" for k, v in versions().items())
     )
-    print(
-        f"\nUncontended decision: {RATE}/s limit, batches of {BATCH}, "
-        f"median of {rounds} rounds x {batches * BATCH} calls (one process each)"
-    )
-    print("| limiter | call | ns/op (median) | min-max | x wirestate gcra try_acquire |")
-    print("|---|---|---:|---:|---:|")
-    for row in decision_rows:
+    print(render(result))
+
+
+def render(result: dict[str, Any]) -> str:
+    """The two tables (decision time, release lateness) of a run's JSON result."""
+    lines = [
+        f"Uncontended decision: {RATE}/s limit, batches of {BATCH}, median of {result['rounds']} rounds x "
+        f"{result['batches'] * BATCH} calls (one process each)",
+        "",
+        "| limiter | call | ns/op (median) | min-max | x wirestate gcra try_acquire |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for row in result["decisions"]:
         note = f" ({row['note']})" if row["note"] else ""
-        print(
+        lines.append(
             f"| {row['name']} | `{row['call']}`{note} | {row['ns_per_op']:.0f} | "
             f"{row['min']:.0f}-{row['max']:.0f} | {row['ratio']:.2f} |"
         )
-    for name in missing:
-        print(f"| {name} | not installed (see --site) | | | |")
-    print(f"\nBlocked acquire, {RATE}/s with no burst, real clock: lateness behind first + k x {1000 // RATE} ms")
-    print("| limiter | median µs | p99 µs | max µs | rate achieved / nominal |")
-    print("|---|---:|---:|---:|---:|")
-    for row in late:
-        print(
+    for name in result["missing"]:
+        lines.append(f"| {name} | not installed (pip install -e '.[bench]') | | | |")
+    lines += [
+        "",
+        f"Blocked acquire, {RATE}/s with no burst, real clock: lateness behind first + k x {1000 // RATE} ms",
+        "",
+        "| limiter | median µs | p99 µs | max µs | rate achieved / nominal |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in result["lateness"]:
+        lines.append(
             f"| {row['name']} | {row['median_us']:.0f} | {row['p99_us']:.0f} | {row['max_us']:.0f} | "
             f"{row['rate_ratio']:.3f} |"
         )
-    if installed("limits"):
-        print("| limits | no waiting API (the caller polls) | | | |")
-
+    if "limits" in result["versions"]:
+        lines.append("| limits | no waiting API (the caller polls) | | | |")
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()

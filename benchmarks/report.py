@@ -99,6 +99,15 @@ def render(result: dict[str, Any]) -> str:
             "",
             _table(["client", "median", "range", "cv", "× ref (per-round)", "note"], rows),
         ]
+        pending = [r for r in result["throughput"] if "vs_no_pending" in r]
+        if pending:
+            parts += ["", "Data path with one request pending (never answered) ÷ the same client with none:", ""]
+            for row in pending:
+                rounds = row.get("vs_no_pending_rounds") or [row["vs_no_pending"]]
+                parts.append(
+                    f"- {row['label']}: **{row['vs_no_pending']:.2f}×** (per round {min(rounds):.2f}–{max(rounds):.2f}); "
+                    f"at most {row.get('messages_before_pending', '?')} messages arrived before the request was registered"
+                )
 
     if "handshake" in result:
         rows = []
@@ -150,6 +159,49 @@ def render(result: dict[str, Any]) -> str:
             "",
             _table(["client", "KiB/conn (median)", "range", "open N s", "note"], rows),
         ]
+
+    if "roundtrip" in result:
+        rows = []
+        for row in result["roundtrip"]:
+            s = row["summary"]
+            name = f"{row['variant']} ({row['inflight']} in flight)"
+            if s["n"] == 0:
+                rows.append([name, row["label"], "failed", "", "", "—", "", row.get("error", "")[:80]])
+                continue
+            cpu = row.get("cpu_us")
+            rows.append(
+                [
+                    name,
+                    row["label"],
+                    f"{s['median'] / 1e3:.1f}k",
+                    f"{s['min'] / 1e3:.1f}k–{s['max'] / 1e3:.1f}k",
+                    f"{s['cv'] * 100:.0f}%",
+                    _ratio_cell(row),
+                    f"{cpu:.1f}" if cpu is not None else "",
+                    row.get("error", "")[:80],
+                ]
+            )
+        parts += [
+            "",
+            "## Request/response round trips per second (echo server in its own process)",
+            "",
+            _table(["variant", "client", "median/s", "range", "cv", "× websockets (per-round)", "client CPU µs/req",
+                    "note"], rows),  # fmt: skip
+        ]
+
+    if "limiter" in result:
+        from benchmarks.limiter import render as render_limiter
+
+        lim = result["limiter"]
+        text = lim["error"] if "error" in lim else render_limiter(lim)
+        parts += ["", "## Rate limiter against aiolimiter, limits, pyrate-limiter (in process)", "", text]
+
+    if "manager" in result:
+        from benchmarks.manager import render as render_manager
+
+        man = result["manager"]
+        text = man["error"] if "error" in man else render_manager(man)
+        parts += ["", "## Manager: idle memory per connection (server in its own process) and flush()", "", text]
 
     if "micro" in result:
         rows = [

@@ -25,7 +25,7 @@ from typing import Any
 from benchmarks.machine import describe, load_average, source_digest
 from benchmarks.report import render, summarize
 
-__all__ = ["Case", "THROUGHPUT", "HANDSHAKE", "MEMORY", "main"]
+__all__ = ["Case", "THROUGHPUT", "HANDSHAKE", "MEMORY", "ROUNDTRIP", "main"]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -58,6 +58,9 @@ _CLIENT_LABEL = {
     "wirestate-fast": "wirestate fast path, per message",
     "wirestate-fast-batch": "wirestate fast path, batch",
     "wirestate-wsproto": "wirestate wsproto path, per message",
+    "wirestate-fast-pending": "wirestate fast path, per message, 1 request pending",
+    "wirestate-fast-batch-pending": "wirestate fast path, batch, 1 request pending",
+    "wirestate-fast-pending-prefilter": "wirestate fast path, per message, 1 request pending, prefiltered response_key",
 }
 
 
@@ -74,6 +77,9 @@ THROUGHPUT: tuple[Case, ...] = (
     _case("wirestate-fast"),
     _case("wirestate-fast-batch"),
     _case("wirestate-wsproto"),
+    _case("wirestate-fast-pending"),
+    _case("wirestate-fast-batch-pending"),
+    _case("wirestate-fast-pending-prefilter"),
     _case("websockets", "orjson", reference=True),
     _case("aiohttp", "orjson"),
     _case("picows", "orjson"),
@@ -91,6 +97,20 @@ HANDSHAKE: tuple[Case, ...] = tuple(
     _case(c, reference=c == "websockets") for c in (_PEERS[0], "websockets-noproxy", *_PEERS[1:])
 )
 MEMORY: tuple[Case, ...] = tuple(_case(c, reference=c == "websockets") for c in _PEERS)
+#: request/response round trips against the echo server: python-websockets with a dict of
+#: futures by id (the reference) and wirestate's Connection.request
+ROUNDTRIP: tuple[Case, ...] = (
+    Case("websockets", label="python-websockets + dict of futures by id", reference=True),
+    Case("wirestate-fast", label="wirestate Connection.request (matcher)"),
+)
+#: (name, requests in flight, requests per run, quick run)
+ROUNDTRIP_VARIANTS = (("sequential", 1, 5_000, 2_000), ("pipelined", 100, 50_000, 20_000))
+#: the data path with a request pending, against the same client with none
+PENDING_PAIRS = (
+    ("wirestate-fast-pending", "wirestate-fast"),
+    ("wirestate-fast-batch-pending", "wirestate-fast-batch"),
+    ("wirestate-fast-pending-prefilter", "wirestate-fast"),
+)
 
 
 # -- processes -----------------------------------------------------------------
@@ -218,10 +238,42 @@ def phase_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
     cases = tuple(c for c in THROUGHPUT if _selected(c, args))
     _log(f"throughput: {len(cases)} clients × {args.rounds} rounds × {args.messages:,} messages")
     with server("blast", args.messages) as port:
-        samples, errors, _ = _collect(
+        samples, errors, raw = _collect(
             "throughput", cases, args.rounds, port, args.timeout, ["--messages", str(args.messages)], "rate"
         )
-    return _rows(cases, samples, errors)
+    rows = _rows(cases, samples, errors)
+    by_client = {(c.client, c.decode): c for c in cases}
+    for row, case in zip(rows, cases):
+        before = [out["messages_before_pending"] for out in raw[case] if "messages_before_pending" in out]
+        if before:
+            row["messages_before_pending"] = max(before)
+        pair = dict(PENDING_PAIRS).get(case.client)
+        other = by_client.get((pair, case.decode)) if pair else None
+        if other is not None:  # rate with one request pending ÷ rate with none, per round and of medians
+            mine, theirs = summarize(samples[case]), summarize(samples[other])
+            if mine["n"] and theirs["n"]:
+                row["vs_no_pending"] = mine["median"] / theirs["median"]
+                row["vs_no_pending_rounds"] = [
+                    a / b for a, b in zip(samples[case], samples[other]) if a is not None and b is not None
+                ]
+    return rows
+
+
+def phase_roundtrip(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Request/response round trips per second, sequential and pipelined, against one echo server."""
+    cases = tuple(c for c in ROUNDTRIP if _selected(c, args))
+    rows: list[dict[str, Any]] = []
+    with server("echo") as port:
+        for name, inflight, full, quick in ROUNDTRIP_VARIANTS:
+            n = quick if args.quick else full
+            _log(f"round trips, {name}: {len(cases)} clients × {args.memory_rounds} rounds × {n:,} requests")
+            extra = ["--messages", str(n), "--inflight", str(inflight)]
+            samples, errors, raw = _collect("roundtrip", cases, args.memory_rounds, port, args.timeout, extra, "rate")
+            for row, case in zip(_rows(cases, samples, errors), cases):
+                cpus = sorted(out["cpu_us"] for out in raw[case] if "cpu_us" in out)
+                row["cpu_us"] = cpus[len(cpus) // 2] if cpus else None
+                rows.append({**row, "variant": name, "inflight": inflight, "requests": n})
+    return rows
 
 
 def phase_handshake(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -274,11 +326,49 @@ def phase_micro(args: argparse.Namespace) -> list[dict[str, Any]]:
         return [{"name": "micro", "description": "", "status": f"failed: {proc.stderr.strip()[-200:]}"}]
 
 
+def phase_limiter(args: argparse.Namespace) -> dict[str, Any]:
+    """benchmarks/limiter.py: decision time and release lateness against aiolimiter, limits, pyrate-limiter."""
+    _log("limiter: wirestate vs aiolimiter, limits, pyrate-limiter (each measurement in its own process)")
+    return _json_child([sys.executable, "-m", "benchmarks.limiter", "--json", *(["--quick"] if args.quick else [])],
+                       "limiter", timeout=900)  # fmt: skip
+
+
+def phase_manager(args: argparse.Namespace) -> dict[str, Any]:
+    """benchmarks/manager.py: memory per managed connection (server in its own process) and flush()."""
+    _log("manager: idle managed vs plain connections, flush() of many subscriptions")
+    cmd = [sys.executable, "-m", "benchmarks.manager", "--json", "--rounds", str(args.memory_rounds),
+           "--connections", str(args.connections), *(["--subscriptions", "2000"] if args.quick else [])]  # fmt: skip
+    return _json_child(cmd, "manager", timeout=1800)
+
+
+def _json_child(cmd: list[str], name: str, timeout: float) -> dict[str, Any]:
+    """Run a benchmark module that prints its result as one JSON document."""
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"{name}: no answer within {timeout:.0f} s"}
+    for line in proc.stderr.splitlines():
+        _log(f"  {line}")
+    try:
+        result: dict[str, Any] = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        return {"error": f"{name} failed: {proc.stderr.strip()[-300:]}"}
+    return result
+
+
 def _selected(case: Case, args: argparse.Namespace) -> bool:
     return not args.clients or case.client in args.clients
 
 
-PHASES = {"throughput": phase_throughput, "handshake": phase_handshake, "memory": phase_memory, "micro": phase_micro}
+PHASES = {
+    "throughput": phase_throughput,
+    "handshake": phase_handshake,
+    "memory": phase_memory,
+    "roundtrip": phase_roundtrip,
+    "limiter": phase_limiter,
+    "manager": phase_manager,
+    "micro": phase_micro,
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -289,7 +379,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--messages", type=int, help="messages per throughput run (default 500000, quick 200000)")
     p.add_argument("--handshake-rounds", type=int, help="default 3, quick 1")
     p.add_argument("--connects", type=int, help="timed connects per handshake round (default 200, quick 100)")
-    p.add_argument("--memory-rounds", type=int, help="default 3, quick 1")
+    p.add_argument("--memory-rounds", type=int, help="memory, round-trip and manager rounds (default 3, quick 1)")
     p.add_argument("--connections", type=int, help="idle connections per memory run (default 1000, quick 500)")
     p.add_argument("--only", nargs="+", choices=sorted(PHASES), help="run only these phases")
     p.add_argument("--clients", nargs="+", help="run only these client ids (e.g. websockets wirestate-fast)")
