@@ -116,6 +116,8 @@ def test_bad_levels_raise_a_clear_error(price: object, size: object, what: str) 
     with pytest.raises(BookDataError, match=f"book ETH-USD: ask {what}") as caught:
         book.update([], [(price, size)])  # type: ignore[list-item]
     assert isinstance(caught.value, WirestateError) and isinstance(caught.value, ValueError)
+    with pytest.raises(BookDataError, match=f"book ETH-USD: bid {what}"):
+        book.set_level(True, price, size)  # type: ignore[arg-type]
     assert len(book) == 0
 
 
@@ -136,19 +138,24 @@ _UPDATE = st.tuples(st.booleans(), st.sampled_from(_PRICES), st.sampled_from(_SI
     updates=st.lists(st.lists(_UPDATE, min_size=1, max_size=6), max_size=60),
     depth=st.one_of(st.none(), st.integers(1, 8)),
     cache=st.sampled_from([1, 3, 4096]),
+    one_by_one=st.booleans(),
 )
 def test_random_streams_keep_the_book_equal_to_the_reference(
-    updates: list[list[tuple[bool, str, str]]], depth: int | None, cache: int
+    updates: list[list[tuple[bool, str, str]]], depth: int | None, cache: int, one_by_one: bool
 ) -> None:
     book = Book("BTC", depth=depth, price_cache=cache)
     ref = Reference(depth)
     for message in updates:
-        book.update([(p, s) for b, p, s in message if b], [(p, s) for b, p, s in message if not b])
-        # the reference applies the same levels side by side, in order
-        for is_bid in (True, False):
+        if one_by_one:  # set_level, level by level in arrival order
             for b, p, s in message:
-                if b is is_bid:
-                    ref.set(is_bid, p, s)
+                book.set_level(b, p, s)
+                ref.set(b, p, s)
+        else:  # update: the bids, then the asks, each in order
+            book.update([(p, s) for b, p, s in message if b], [(p, s) for b, p, s in message if not b])
+            for is_bid in (True, False):
+                for b, p, s in message:
+                    if b is is_bid:
+                        ref.set(is_bid, p, s)
         bids, asks = book.top()
         assert (bids, asks) == ref.levels()
         assert book.best_bid == (bids[0] if bids else None)

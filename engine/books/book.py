@@ -179,17 +179,49 @@ class Book:
         if asks:
             self._side(asks, self._asks, self._ask_prices, False)
 
-    def set_level(self, is_bid: bool, price: str, size: str) -> None:
-        """Apply one level (``update`` with a single level on one side)."""
+    def set_level(self, is_bid: bool, price_text: str, size_text: str) -> None:
+        """Apply one level (``update`` with a single level on one side; the same steps, unrolled)."""
+        price = self._parsed.get(price_text)
+        if price is None:
+            price = self._parse_price(price_text, is_bid)
+        try:
+            if size_text.__class__ is not str:
+                raise TypeError
+            size = Decimal(size_text)
+            positive = _ZERO < size < _INF  # (NaN raises InvalidOperation here)
+        except (InvalidOperation, TypeError, ValueError):
+            raise self._bad("size", size_text, is_bid) from None
         if is_bid:
-            self._side(((price, size),), self._bids, self._bid_prices, True)
+            side = self._bids
+            prices = self._bid_prices
         else:
-            self._side(((price, size),), self._asks, self._ask_prices, False)
+            side = self._asks
+            prices = self._ask_prices
+        if positive:
+            if price in side:
+                side[price] = (price, size, price_text, size_text)
+            else:
+                self._insert(side, prices, price, (price, size, price_text, size_text), is_bid)
+        elif size == _ZERO:
+            if side.pop(price, None) is not None:
+                del prices[bisect_left(prices, price)]
+        else:
+            raise self._bad("size", size_text, is_bid)
+
+    def _insert(self, side: dict[Decimal, Level], prices: list[Decimal], price: Decimal, level: Level, bid: bool) -> None:
+        insort(prices, price)
+        depth = self.depth
+        if depth is not None and len(prices) > depth:
+            self.truncated += 1
+            worst = prices.pop(0) if bid else prices.pop()
+            if worst == price:
+                return  # the new level itself is beyond the depth
+            del side[worst]
+        side[price] = level
 
     def _side(self, levels: Iterable[RawLevel], side: dict[Decimal, Level], prices: list[Decimal], bid: bool) -> None:
         # The hot path: locals only, one dict store per size change.
         parsed = self._parsed
-        depth = self.depth
         for price_text, size_text in levels:
             price = parsed.get(price_text)  # type: ignore[arg-type]  # (a non-str misses and is refused below)
             if price is None:
@@ -202,16 +234,10 @@ class Book:
             except (InvalidOperation, TypeError, ValueError):
                 raise self._bad("size", size_text, bid) from None
             if positive:
-                if price not in side:
-                    insort(prices, price)
-                    if depth is not None and len(prices) > depth:
-                        worst = prices.pop(0) if bid else prices.pop()
-                        if worst != price:
-                            del side[worst]
-                        self.truncated += 1
-                        if worst == price:
-                            continue
-                side[price] = (price, size, price_text, size_text)
+                if price in side:
+                    side[price] = (price, size, price_text, size_text)
+                else:
+                    self._insert(side, prices, price, (price, size, price_text, size_text), bid)
             elif size == _ZERO:
                 if side.pop(price, None) is not None:
                     del prices[bisect_left(prices, price)]
