@@ -38,10 +38,12 @@ from engine.governor import Governor, HostPolicy
 from engine.errors import RateLimited
 from engine.ids import message_id_source, uuid7
 from engine.ratelimit import Limiter, RateLimit
+from engine.books import BookConfig
 
 __all__ = [
     "AuthenticationFailed",
     "Backoff",
+    "BookConfig",
     "ConfigError",
     "Connection",
     "ConnectionClosed",
