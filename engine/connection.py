@@ -167,7 +167,7 @@ class Connection(Sending):
         self.limiter: Limiter | None = source() if source is not None else None
         self._ids = message_id_source(setup.message_id)
         # Typed events: its own streams, or the manager's (shared by its connections).
-        self._outlet = Outlet(streams or Streams(lambda: self._clock()), owns_hub=streams is None)
+        self._outlet = Outlet(streams, clock=clock)
         self._trail.subscribe(self._outlet.on_transition)
 
     def __repr__(self) -> str:

@@ -122,7 +122,7 @@ class Stream:
     __slots__ = (
         "name", "policy", "capacity", "alert_at", "max_batch", "types", "symbols",
         "produced", "delivered", "dropped", "conflated", "max_lag", "blocked", "blocked_for",
-        "_hub", "_key", "_queue", "_latest", "_unique", "_size", "_controls", "_armed",
+        "_hub", "_key", "_room", "_blocking", "_queue", "_latest", "_unique", "_size", "_controls", "_armed",
         "_reported", "_since", "_ended", "_ready", "_space",
     )  # fmt: skip
 
@@ -148,6 +148,9 @@ class Stream:
         self.types = types
         self.symbols = symbols
         self._key = key
+        # queue without further checks while fewer than this are queued (0: always check)
+        self._room = 0 if policy is Policy.CONFLATE else capacity
+        self._blocking = policy is Policy.BLOCK
         self.produced = self.delivered = self.dropped = self.conflated = 0
         self.max_lag = 0.0
         self.blocked = 0
@@ -178,6 +181,24 @@ class Stream:
     def offer(self, event: Any) -> bool:
         """Queue a data event under the policy; True when a ``block`` stream is now full."""
         self.produced += 1
+        size = self._size
+        if size < self._room:  # the common case: room left (conflate and ended streams go the long way)
+            if self._since is None:
+                self._since = self._hub.now()
+            self._queue.append(event)
+            size += 1
+            self._size = size
+            if size >= self.alert_at and self._armed:
+                self._armed = False
+                self._append_control(self._backlog())
+            ready = self._ready
+            if ready is not None:
+                self._ready = None
+                ready.set()
+            return self._blocking and size >= self.capacity
+        return self._offer_rest(event)
+
+    def _offer_rest(self, event: Any) -> bool:
         if self._ended:
             self.dropped += 1
             return False
@@ -186,18 +207,15 @@ class Stream:
         if self.policy is Policy.CONFLATE:
             self._conflate(event)
         else:
-            queue = self._queue
-            if self._size >= self.capacity:
-                policy = self.policy
-                if policy is Policy.BLOCK:
-                    pass  # over capacity by at most one read: the reader waits before the next
-                elif policy is Policy.DROP_OLDEST:
-                    self._drop_oldest()
-                else:
-                    self.dropped += 1
-                    self._fail()
-                    return False
-            queue.append(event)
+            policy = self.policy
+            if policy is Policy.DROP_OLDEST:
+                self._drop_oldest()
+            elif policy is Policy.FAIL:
+                self.dropped += 1
+                self._fail()
+                return False
+            # (block: over capacity by at most one read; the reader waits before the next)
+            self._queue.append(event)
             self._size += 1
         if self._size >= self.alert_at and self._armed:
             self._armed = False
@@ -206,7 +224,7 @@ class Stream:
         if ready is not None:
             self._ready = None
             ready.set()
-        return self.policy is Policy.BLOCK and self._size >= self.capacity
+        return self._blocking and self._size >= self.capacity
 
     def _conflate(self, event: Any) -> None:
         latest = self._latest
@@ -289,6 +307,7 @@ class Stream:
 
     def _end(self) -> None:
         self._ended = True
+        self._room = 0
         for waiter in (self._ready, self._space):
             if waiter is not None:
                 waiter.set()
@@ -425,6 +444,7 @@ class Stream:
 
 
 _MUTED = object()  # route marker: switched off by the setup (counted as filtered)
+_CONTROL = object()  # route marker: an engine event (to every stream)
 
 
 class Streams:
@@ -530,33 +550,37 @@ class Streams:
 
     def publish(self, event: Any) -> Stream | None:
         """Route one event; returns a ``block`` stream it filled (its reader should wait), else None."""
-        cls = type(event)
-        if cls in ENGINE_EVENTS:
-            self.control(event)
-            return None
-        symbol = getattr(event, "symbol", None)
-        routes = self._routes.get((cls, symbol))
+        try:
+            key = (type(event), event.symbol)
+        except AttributeError:
+            key = (type(event), None)
+        routes = self._routes.get(key)
         if routes is None:
-            routes = self._route(cls, symbol)
-        if routes is _MUTED:
-            self.filtered += 1
-            return None
-        if not routes:
-            self.unrouted += 1
+            routes = self._route(key)
+        if type(routes) is not tuple:
+            if routes is _MUTED:
+                self.filtered += 1
+            else:
+                self.control(event)
             return None
         full = None
         for stream in routes:
             if stream.offer(event):
                 full = stream
+        if not routes:
+            self.unrouted += 1
         return full
 
-    def _route(self, cls: type, symbol: str | None) -> Any:
+    def _route(self, key: tuple[type, str | None]) -> Any:
+        cls, symbol = key
         routes: Any
-        if self._muted and issubclass(cls, self._muted):
+        if cls in ENGINE_EVENTS:
+            routes = _CONTROL
+        elif self._muted and issubclass(cls, self._muted):
             routes = _MUTED
         else:
             routes = tuple(s for s in self._streams if s.wants(cls, symbol))
-        self._routes[(cls, symbol)] = routes
+        self._routes[key] = routes
         return routes
 
     def control(self, event: Any) -> None:
@@ -583,13 +607,24 @@ class Outlet:
     (a standalone one) ends its streams when it stops.
     """
 
-    __slots__ = ("hub", "full", "owns_hub")
+    __slots__ = ("_hub", "_clock", "full", "owns_hub")
 
-    def __init__(self, hub: Streams, *, owns_hub: bool) -> None:
-        self.hub = hub
-        self.owns_hub = owns_hub
+    def __init__(self, hub: Streams | None, *, clock: Clock | None = None) -> None:
+        # A connection's own hub is made when first needed (most connections under a
+        # manager share its hub; an idle connection should not pay for one).
+        self._hub = hub
+        self._clock = clock
+        self.owns_hub = hub is None
         #: ``block`` streams this connection filled since its reader last waited
-        self.full: list[Stream] = []
+        self.full: tuple[Stream, ...] = ()
+
+    @property
+    def hub(self) -> Streams:
+        """The streams the events go to."""
+        hub = self._hub
+        if hub is None:
+            hub = self._hub = Streams(self._clock)
+        return hub
 
     def on_transition(self, change: StateChanged) -> None:
         """A state listener: losses become :class:`~engine.events.Error` events in the streams."""
@@ -603,20 +638,22 @@ class Outlet:
             error = Error(kind=kind, message=change.reason, code=code, connection=change.connection, received=change.at)
         elif change.trigger == "give_up":
             error = Error(kind=ErrorKind.GAVE_UP, message=change.reason, connection=change.connection, received=change.at)
+        hub = self._hub
+        if hub is None:
+            return  # (no stream was ever opened: nobody to tell)
         if error is not None:
-            self.hub.control(error)
+            hub.control(error)
         if change.dest is State.DISCONNECTED and self.owns_hub:
-            self.hub.end()
+            hub.end()
 
     def emit(self, event: Any) -> None:
         """Hand one typed event to the streams; never waits."""
-        stream = self.hub.publish(event)
+        stream = (self._hub or self.hub).publish(event)
         if stream is not None and stream not in self.full:
-            self.full.append(stream)
+            self.full += (stream,)
 
     async def relieve(self) -> None:
         """Wait until every stream this connection filled has room again (or ended)."""
-        full = self.full
-        while full:
-            await full[0].wait_space()
-            del full[0]
+        while self.full:
+            await self.full[0].wait_space()
+            self.full = self.full[1:]

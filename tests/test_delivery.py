@@ -233,7 +233,7 @@ def test_nothing_is_lost_uncounted(policy: Policy, capacity: int, ops: list[tupl
 async def test_a_consumer_waits_for_a_batch_and_a_blocked_reader_for_space() -> None:
     hub = Streams()
     stream = hub.stream(policy="block", capacity=3)
-    outlet = Outlet(hub, owns_hub=True)
+    outlet = Outlet(hub)
     got: list[list[Any]] = []
     waited: list[float] = []
 
@@ -268,7 +268,7 @@ async def test_a_consumer_waits_for_a_batch_and_a_blocked_reader_for_space() -> 
 async def test_closing_a_stream_releases_a_blocked_reader() -> None:
     hub = Streams()
     stream = hub.stream(policy="block", capacity=1)
-    outlet = Outlet(hub, owns_hub=True)
+    outlet = Outlet(hub)
     outlet.emit(trade(1))
     assert outlet.full
     with anyio.fail_after(BOUND):
@@ -276,7 +276,7 @@ async def test_closing_a_stream_releases_a_blocked_reader() -> None:
             tg.start_soon(outlet.relieve)
             await anyio.sleep(3)
             stream.close()
-    assert outlet.full == [] and stream.stats().dropped == 1
+    assert outlet.full == () and stream.stats().dropped == 1
     with pytest.raises(anyio.EndOfStream):
         await stream.receive()
 

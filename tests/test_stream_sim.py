@@ -18,7 +18,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from engine import Connection, ConnectionSetup, Manager, State, Subscription, WebsocketSetup
+from engine import AuthenticationFailed, Connection, ConnectionSetup, Manager, State, Subscription, WebsocketSetup
 from engine.adapters import sim as sim_adapter
 from engine.delivery import Stream
 from engine.events import Error, ErrorKind, Fill, SubscriptionChanged, Ticker, Trade
@@ -354,7 +354,8 @@ async def test_a_close_code_reaches_the_stream_which_goes_on_after_the_reconnect
 
 async def test_a_rejected_login_is_an_auth_error_then_the_stream_ends() -> None:
     async def bad_login(conn: Any) -> None:
-        await sim_adapter.login(conn, key="")  # the sim refuses an empty key
+        # what a connector does when the exchange refuses the login
+        raise AuthenticationFailed("login rejected: invalid key")
 
     with anyio.fail_after(BOUND):
         async with SimExchange(rate=RATE, seed=3) as sim:
