@@ -4,9 +4,8 @@ Market data (:class:`Trade`, :class:`Ticker`, :class:`BookSnapshot`,
 :class:`BookUpdate`, :class:`Book`, :class:`Kline`) and private data
 (:class:`Fill`, :class:`OrderUpdate`) are produced by a connection's handler
 with ``conn.emit(event)``; the engine adds its own (:class:`Error`,
-:class:`Backlog`, :class:`SubscriptionChanged`, and the book driver's
-:class:`Gap` and :class:`BookResynced` from :mod:`engine.books.events`) to the
-same streams (:mod:`engine.delivery`).
+:class:`Backlog`, :class:`SubscriptionChanged`, :class:`Gap`,
+:class:`BookResynced`) to the same streams (:mod:`engine.delivery`).
 :class:`StateChanged` goes to state listeners instead.
 
 Money is never a binary float: prices and sizes keep the exchange's own
@@ -32,7 +31,6 @@ from typing import Any
 
 import msgspec
 
-from engine.books.events import BookResynced, Gap
 from engine.causes import Cause
 from machines.connection import State
 
@@ -295,6 +293,22 @@ class SubscriptionChanged(Event, frozen=True, gc=False, kw_only=True):
     dest: str
     trigger: str
     error: str | None = None
+
+
+class Gap(Event, frozen=True, gc=False, kw_only=True):
+    """A sequence gap in ``symbol``'s book: ``expected`` was next, ``got`` arrived; that symbol resyncs."""
+
+    symbol: str
+    expected: int | None = None
+    got: int | None = None
+
+
+class BookResynced(Event, frozen=True, gc=False, kw_only=True):
+    """``symbol``'s book is synchronised again (after a gap, a checksum mismatch or an overflow)."""
+
+    symbol: str
+    reason: str
+    seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

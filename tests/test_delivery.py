@@ -292,15 +292,15 @@ async def test_max_batch_bounds_a_batch() -> None:
     assert stream.ended and stream.stats().delivered == 10
 
 
-def test_the_book_drivers_gap_and_resync_events_are_engine_events() -> None:
+def test_book_gap_and_resync_events_are_engine_events() -> None:
     from engine.events import BookResynced, Gap
 
     hub = Streams(Clock())
     btc = hub.stream(Trade, symbols=["BTC-USD"], policy="drop_oldest", capacity=1, alert_at=10)
     eth = hub.stream(Trade, symbols=["ETH-USD"])
     hub.publish(trade(1))
-    hub.publish(Gap(symbol="BTC-USD", reason="sequence", at=1.0, expected=5, first=7, last=7))
+    hub.publish(Gap(symbol="BTC-USD", expected=5, got=7, received=1.0))
     hub.publish(trade(2))  # full: trade 1 goes, the gap stays
-    hub.publish(BookResynced(symbol="BTC-USD", reason="sequence", since=1.0, at=2.0, sequence=9, resyncs=1))
+    hub.publish(BookResynced(symbol="BTC-USD", reason="sequence", seq=9, received=2.0))
     assert [type(e) for e in data(drain(btc))] == [Gap, Trade, BookResynced]
     assert drain(eth) == []  # about another symbol
