@@ -65,8 +65,9 @@ connection and subscription; that meaning is gone.)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -77,14 +78,21 @@ __all__ = [
     "BAD_REQUEST",
     "CHANNELS",
     "NOT_FOUND",
+    "PRIVATE_CHANNELS",
+    "REFUSED",
+    "UNAUTHORIZED",
     "Invalid",
     "Login",
     "Ping",
+    "PlaceOrder",
     "Request",
     "Subscribe",
     "Unsubscribe",
     "encode",
     "error",
+    "fill_message",
+    "order_ack",
+    "order_update",
     "login_result",
     "parse_request",
     "pong",
@@ -95,9 +103,17 @@ __all__ = [
     "trade_message",
 ]
 
+#: Public channels.
 CHANNELS = ("ticker", "trades", "book")
+#: Private channels: only after a successful login.
+PRIVATE_CHANNELS = ("orders", "fills")
 BAD_REQUEST = 400
+UNAUTHORIZED = 401
 NOT_FOUND = 404
+#: The code of a request refused by a fault control (``reject_subscribes``, ``reject_logins``).
+REFUSED = 503
+_PRICE = re.compile(r"^\d+(\.\d{1,2})?$")
+_SIZE = re.compile(r"^\d+(\.\d{1,4})?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +136,24 @@ class Unsubscribe:
 
 @dataclass(frozen=True, slots=True)
 class Login:
-    """Authenticate; ``key`` may be empty (then the login fails)."""
+    """Authenticate; ``key`` may be empty (then the login fails). The signature never shows in a repr."""
 
     key: str
+    id: Any = None
+    timestamp: Any = None
+    nonce: Any = None
+    signature: Any = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceOrder:
+    """A limit order: ``price`` and ``size`` as sent (decimal strings)."""
+
+    symbol: str
+    side: str
+    price: str
+    size: str
+    client_order_id: str | None = None
     id: Any = None
 
 
@@ -142,7 +173,7 @@ class Invalid:
     id: Any = None
 
 
-Request = Subscribe | Unsubscribe | Login | Ping | Invalid
+Request = Subscribe | Unsubscribe | Login | Ping | PlaceOrder | Invalid
 
 
 def parse_request(text: str | bytes, symbols: Collection[str]) -> Request:
@@ -159,14 +190,19 @@ def parse_request(text: str | bytes, symbols: Collection[str]) -> Request:
         return Ping(request_id)
     if op == "login":
         key = data.get("key")
-        return Login(key if isinstance(key, str) else "", request_id)
+        return Login(
+            key if isinstance(key, str) else "", request_id, data.get("timestamp"), data.get("nonce"), data.get("signature")
+        )
+    if op == "place_order":
+        return _place_order(data, symbols, request_id)
     if op not in ("subscribe", "unsubscribe"):
         return Invalid(BAD_REQUEST, f"unknown op {op!r}", request_id)
     channel = data.get("channel")
     if not isinstance(channel, str):
         return Invalid(BAD_REQUEST, "'channel' must be a string", request_id)
-    if channel not in CHANNELS:
-        return Invalid(NOT_FOUND, f"unknown channel {channel!r} (known: {', '.join(CHANNELS)})", request_id)
+    if channel not in CHANNELS and channel not in PRIVATE_CHANNELS:
+        known = ", ".join((*CHANNELS, *PRIVATE_CHANNELS))
+        return Invalid(NOT_FOUND, f"unknown channel {channel!r} (known: {known})", request_id)
     wanted = data.get("symbols")
     if not isinstance(wanted, list) or not wanted or not all(isinstance(s, str) for s in wanted):
         return Invalid(BAD_REQUEST, "'symbols' must be a non-empty list of strings", request_id)
@@ -177,6 +213,22 @@ def parse_request(text: str | bytes, symbols: Collection[str]) -> Request:
     if op == "subscribe":
         return Subscribe(channel, chosen, request_id)
     return Unsubscribe(channel, chosen, request_id)
+
+
+def _place_order(data: dict[str, Any], symbols: Collection[str], request_id: Any) -> Request:
+    symbol, side, price, size = (data.get(k) for k in ("symbol", "side", "price", "size"))
+    client_order_id = data.get("client_order_id")
+    if not isinstance(symbol, str) or symbol not in symbols:
+        return Invalid(NOT_FOUND, f"unknown symbol {symbol!r}", request_id)
+    if side not in ("buy", "sell"):
+        return Invalid(BAD_REQUEST, "'side' must be 'buy' or 'sell'", request_id)
+    if not isinstance(price, str) or not _PRICE.match(price) or not price.strip("0."):
+        return Invalid(BAD_REQUEST, "'price' must be a positive decimal string with up to 2 decimals", request_id)
+    if not isinstance(size, str) or not _SIZE.match(size) or not size.strip("0."):
+        return Invalid(BAD_REQUEST, "'size' must be a positive decimal string with up to 4 decimals", request_id)
+    if client_order_id is not None and not isinstance(client_order_id, str):
+        return Invalid(BAD_REQUEST, "'client_order_id' must be a string", request_id)
+    return PlaceOrder(symbol, side, price, size, client_order_id, request_id)
 
 
 def encode(message: dict[str, Any]) -> str:
@@ -190,11 +242,54 @@ def subscription_ack(request: Subscribe | Unsubscribe) -> dict[str, Any]:
     return {"event": event, "channel": request.channel, "symbols": list(request.symbols), "id": request.id}
 
 
-def login_result(request: Login) -> dict[str, Any]:
-    """The answer to a login: ok for any non-empty key."""
-    if request.key:
+def login_result(request: Login, refusal: str | None = None) -> dict[str, Any]:
+    """The answer to a login: ok unless ``refusal`` says why not."""
+    if refusal is None:
         return {"event": "login", "ok": True, "id": request.id}
-    return {"event": "login", "ok": False, "id": request.id, "message": "empty or missing 'key'"}
+    return {"event": "login", "ok": False, "id": request.id, "code": UNAUTHORIZED, "message": refusal}
+
+
+def order_ack(order: PlaceOrder, order_id: int) -> dict[str, Any]:
+    """The answer to an accepted ``place_order``."""
+    return {
+        "event": "order",
+        "ok": True,
+        "id": order.id,
+        "order_id": order_id,
+        "client_order_id": order.client_order_id,
+        "status": "accepted",
+    }
+
+
+def order_update(order: PlaceOrder, order_id: int, status: str, filled: str, ts: float) -> dict[str, Any]:
+    """An ``orders`` channel message (the desk adds ``seq``)."""
+    return {
+        "channel": "orders",
+        "symbol": order.symbol,
+        "order_id": order_id,
+        "client_order_id": order.client_order_id,
+        "side": order.side,
+        "price": order.price,
+        "size": order.size,
+        "filled": filled,
+        "status": status,
+        "ts": ts,
+    }
+
+
+def fill_message(order: PlaceOrder, order_id: int, trade_id: int, size: str, ts: float) -> dict[str, Any]:
+    """A ``fills`` channel message (the desk adds ``seq``)."""
+    return {
+        "channel": "fills",
+        "symbol": order.symbol,
+        "order_id": order_id,
+        "client_order_id": order.client_order_id,
+        "trade_id": trade_id,
+        "side": order.side,
+        "price": order.price,
+        "size": size,
+        "ts": ts,
+    }
 
 
 def pong(request: Ping) -> dict[str, Any]:

@@ -44,10 +44,11 @@ MockClock) as well as on the real one.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -55,9 +56,14 @@ from typing import Any
 import anyio
 from anyio.abc import ByteStream, Listener, SocketAttribute, TaskGroup
 
+from engine.sim.auth import Authenticator
+from engine.sim.faults import Faults
 from engine.sim.feed import Feed
+from engine.sim.orders import Desk
 from engine.sim.schedule import Schedule
+from engine.sim.service import Venue
 from engine.sim.session import Acceptance, Admission, Rejection, Session
+from engine.sim.wirelog import Transcript
 from transports.base import URL
 from transports.memory import memory_pair
 
@@ -67,6 +73,27 @@ log = logging.getLogger("wirestate.sim")
 
 _LOOPBACK = "127.0.0.1"
 _RESERVED_CLOSE_CODES = frozenset({1004, 1005, 1006, 1015})
+
+
+def _check_close_code(code: int) -> None:
+    if not isinstance(code, int) or not 1000 <= code <= 4999 or code in _RESERVED_CLOSE_CODES:
+        raise ValueError(f"{code!r} cannot be sent as a close code")
+
+
+def _count(count: int) -> int:
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be an int >= 1, not {count!r}")
+    return count
+
+
+def _check_delay(delay: tuple[float, float]) -> None:
+    try:
+        low, high = delay
+        ok = 0 <= low <= high < float("inf")
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"a delay range must be (low, high) seconds with 0 <= low <= high, not {delay!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +106,9 @@ class SimStats:
     data_messages: int  # ticker/trades messages written, over all connections
     made: int = 0  # data messages made by the exchange-wide feed (each once, however many subscribers)
     missed: int = 0  # data messages connections missed while stalled (never re-sent), or dropped as too far behind
+    orders: int = 0  # orders accepted
+    fills: int = 0  # fills made
+    faults: int = 0  # one-shot faults carried out (refused subscribes/logins, duplicates, book gaps/corruptions)
 
 
 class SimExchange:
@@ -108,6 +138,12 @@ class SimExchange:
         symbols: Sequence[str] = ("BTC-USD", "ETH-USD"),
         seed: int = 0,
         book_depth: int = 100,
+        credentials: Mapping[str, str] | None = None,
+        login_window: float | None = None,
+        response_delay: tuple[float, float] = (0.0, 0.0),
+        lifetime: float | None = None,
+        lifetime_code: int = 1001,
+        log_limit: int = 10_000,
     ) -> None:
         Schedule(rate)  # validates the rate
         if isinstance(symbols, str) or not symbols or not all(isinstance(s, str) and s for s in symbols):
@@ -118,6 +154,26 @@ class SimExchange:
         if not isinstance(book_depth, int) or book_depth < 2:
             raise ValueError(f"book_depth must be an int >= 2, not {book_depth!r}")
         self._feed = Feed(self._symbols, self._rate, random.Random(self._rng.getrandbits(64)), book_depth)
+        _check_delay(response_delay)
+        if lifetime is not None and not lifetime > 0:
+            raise ValueError(f"lifetime must be > 0 seconds or None, not {lifetime!r}")
+        _check_close_code(lifetime_code)
+        if not isinstance(log_limit, int) or log_limit < 1:
+            raise ValueError(f"log_limit must be an int >= 1, not {log_limit!r}")
+        if credentials is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in credentials.items()):
+            raise ValueError("credentials must map API keys (str) to secrets (str)")
+        self._desk = Desk(random.Random(self._rng.getrandbits(64)), self._task_group)
+        self._venue = Venue(
+            self._symbols,
+            self._feed,
+            self._desk,
+            Authenticator(dict(credentials) if credentials is not None else None, login_window),
+            Faults(),
+            (float(response_delay[0]), float(response_delay[1])),
+            log_limit,
+            lifetime,
+            lifetime_code,
+        )
         self._tg: TaskGroup | None = None
         self._live: list[Session] = []
         # every accepted session, in order (the server-side log; bounded for long runs)
@@ -198,7 +254,7 @@ class SimExchange:
                 log.warning("sim listener on port %d stopped: %s", port, exc)
 
     async def _serve(self, stream: ByteStream) -> None:
-        session = Session(stream, symbols=self._symbols, feed=self._feed, admit=self._admit, on_end=self._ended)
+        session = Session(stream, venue=self._venue, admit=self._admit, on_end=self._ended)
         await session.run()
 
     def _admit(self, session: Session) -> Admission:
@@ -206,6 +262,7 @@ class SimExchange:
             self._rejected += 1
             return self._rejections.popleft()
         self._accepted += 1
+        self._venue.close_timeout = self.close_timeout
         self._live.append(session)
         self._sessions.append(session)
         self._notify()
@@ -270,24 +327,144 @@ class SimExchange:
         :attr:`close_timeout` seconds, whichever comes first; returns when all
         have ended.
         """
-        if not 1000 <= code <= 4999 or code in _RESERVED_CLOSE_CODES:
-            raise ValueError(f"{code} cannot be sent as a close code")
+        _check_close_code(code)
         async with anyio.create_task_group() as tg:
             for session in list(self._live):
                 tg.start_soon(session.close, code, reason, self.close_timeout)
 
-    def reject_next(self, status: int, headers: Sequence[tuple[str, str]] = (), body: bytes = b"") -> None:
+    def reject_next(
+        self,
+        status: int,
+        headers: Sequence[tuple[str, str]] = (),
+        body: bytes = b"",
+        *,
+        retry_after: float | None = None,
+    ) -> None:
         """Answer the next handshake with HTTP ``status`` (e.g. 429 with ``("Retry-After", "2")``).
 
-        Calls queue up: two calls reject the next two handshakes.
+        ``retry_after`` adds a ``Retry-After`` header (whole seconds are sent
+        as an integer). Calls queue up: two calls reject the next two
+        handshakes. Typical: 429 or 503 with Retry-After, 401.
         """
         if not 200 <= status <= 599 or status == 101:
             raise ValueError(f"status must be an HTTP error or success code (200-599), not {status}")
-        self._rejections.append(Rejection(status, tuple((str(k), str(v)) for k, v in headers), bytes(body)))
+        pairs = [(str(k), str(v)) for k, v in headers]
+        if retry_after is not None:
+            pairs.append(("Retry-After", f"{retry_after:g}"))
+        self._rejections.append(Rejection(status, tuple(pairs), bytes(body)))
 
     def send_raw_next(self, data: bytes) -> None:
         """Write ``data`` as is right after the next accepted handshake's 101 (for protocol tests)."""
         self._raw.append(bytes(data))
+
+    def _targets(self, index: int | None) -> list[Session]:
+        """Every live connection (None) or the live one at ``index`` (accept order)."""
+        return list(self._live) if index is None else [self._live[index]]
+
+    async def close_one(self, index: int = 0, code: int = 1000, reason: str = "") -> None:
+        """Like :meth:`close_all` for the live connection at ``index`` (e.g. 1001, 1008, 1011, 4000)."""
+        _check_close_code(code)
+        await self._live[index].close(code, reason, self.close_timeout)
+
+    def half_open(self, index: int | None = None) -> None:
+        """Half-open connections: the socket stays open, nothing flows either way.
+
+        The exchange neither sends (data is missed, like :meth:`stall`) nor
+        reads (requests, pings and close frames go unanswered and unseen) until
+        :meth:`resume`; :meth:`drop` or leaving the sim ends them.
+        """
+        for session in self._targets(index):
+            session.half_open()
+
+    def reject_subscribes(self, count: int = 1, code: int = 503, message: str = "subscribe refused") -> None:
+        """Refuse the next ``count`` subscribe requests (any connection) with an error event ``code``."""
+        self._venue.faults.reject_subscribes += _count(count)
+        self._venue.refusal = (int(code), str(message))
+
+    def reject_logins(self, count: int = 1) -> None:
+        """Fail the next ``count`` logins (``"ok": false``, code 401), even correctly signed ones."""
+        self._venue.faults.reject_logins += _count(count)
+
+    def duplicate_responses(self, count: int = 1) -> None:
+        """Send the next ``count`` request answers (acks, logins, pongs, orders, errors) twice."""
+        self._venue.faults.duplicate_responses += _count(count)
+
+    def set_response_delay(self, low: float, high: float) -> None:
+        """Delay each ``place_order`` answer by a seeded uniform draw in [low, high] s: answers overtake each other."""
+        _check_delay((low, high))
+        self._venue.response_delay = (float(low), float(high))
+
+    def set_lifetime(self, seconds: float | None, code: int = 1001) -> None:
+        """Close each connection accepted from now on ``seconds`` after its handshake (None: never).
+
+        Like Binance's 24-hour limit: a close frame with ``code`` and reason
+        ``"lifetime"``, then the connection ends after the client's answer or
+        :attr:`close_timeout`.
+        """
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"lifetime must be > 0 seconds or None, not {seconds!r}")
+        _check_close_code(code)
+        self._venue.lifetime, self._venue.lifetime_code = seconds, code
+
+    def skip_book(self, symbol: str | None = None, index: int | None = None) -> None:
+        """Leave out the next book delta (of ``symbol``, or any) on connections: a sequence gap there."""
+        for session in self._targets(index):
+            session.skip_book(symbol)
+
+    def corrupt_book(self, symbol: str | None = None, index: int | None = None) -> None:
+        """Send the next book delta (of ``symbol``, or any) with a wrong checksum on connections."""
+        for session in self._targets(index):
+            session.corrupt_book(symbol)
+
+    async def send_text(self, text: str, index: int | None = None) -> None:
+        """Write one text message to connections now, even stalled ones (e.g. malformed JSON)."""
+        for session in self._targets(index):
+            await session.send_text(text)
+
+    async def send_malformed(self, index: int | None = None, text: str = '{"channel":"ticker","symbol":') -> None:
+        """Write a text message that is not valid JSON."""
+        await self.send_text(text, index)
+
+    async def send_oversize(self, size: int, index: int | None = None) -> None:
+        """Write one valid JSON text message of exactly ``size`` bytes (above a client's limit, presumably)."""
+        frame = '{"channel":"padding","pad":""}'
+        if size < len(frame):
+            raise ValueError(f"size must be at least {len(frame)}")
+        await self.send_text(frame[:-2] + "x" * (size - len(frame)) + '"}', index)
+
+    async def send_raw(self, data: bytes, index: int | None = None) -> None:
+        """Write ``data`` as is (no framing) to connections now, e.g. a broken frame."""
+        for session in self._targets(index):
+            await session.send_raw(bytes(data))
+
+    def ping_storm(self, count: int, interval: float, index: int | None = None) -> None:
+        """Send ``count`` protocol pings ``interval`` seconds apart to connections (not while stalled)."""
+        if not interval >= 0:
+            raise ValueError(f"interval must be >= 0, not {interval!r}")
+        for session in self._targets(index):
+            session.ping_storm(_count(count), interval)
+
+    def call_later(self, delay: float, func: Callable[..., Any], *args: Any) -> None:
+        """Run ``func(*args)`` (a control, plain or async) ``delay`` seconds from now on the sim's clock.
+
+        A scripted fault schedule::
+
+            sim.call_later(10, sim.drop)
+            sim.call_later(20, sim.close_all, 1011)
+        """
+        if not delay >= 0:
+            raise ValueError(f"delay must be >= 0, not {delay!r}")
+        self._task_group().start_soon(self._later, delay, func, args)
+
+    def call_at(self, when: float, func: Callable[..., Any], *args: Any) -> None:
+        """Run ``func(*args)`` at ``when`` on the sim's clock (``anyio.current_time()``); at once if past."""
+        self.call_later(max(0.0, when - anyio.current_time()), func, *args)
+
+    async def _later(self, delay: float, func: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        await anyio.sleep(delay)
+        result = func(*args)
+        if inspect.isawaitable(result):
+            await result
 
     # -- views -------------------------------------------------------------------
 
@@ -300,6 +477,19 @@ class SimExchange:
     def log(self) -> list[list[tuple[float, str]]]:
         """What each accepted connection sent, in accept order: ``[(time, text), ...]`` per connection."""
         return [session.received for session in self._sessions]
+
+    @property
+    def transcripts(self) -> list[Transcript]:
+        """Every accepted connection's log of frames in and out, in accept order (see :mod:`engine.sim.wirelog`).
+
+        Kept for the newest 10,000 connections, each bounded by ``log_limit`` entries.
+        """
+        return [session.transcript for session in self._sessions]
+
+    @property
+    def live_transcripts(self) -> list[Transcript]:
+        """The open connections' transcripts, in accept order (indexes as for ``drop_one`` etc.)."""
+        return [session.transcript for session in self._live]
 
     @property
     def accepted(self) -> int:
@@ -326,11 +516,31 @@ class SimExchange:
         """Per open connection, in accept order: whether it logged in successfully."""
         return [session.authenticated for session in self._live]
 
+    @property
+    def private_subscriptions(self) -> list[frozenset[tuple[str, str]]]:
+        """Per open connection, in accept order: its private ``(channel, symbol)`` subscriptions."""
+        return [session.private_subscriptions for session in self._live]
+
+    @property
+    def accounts(self) -> list[str | None]:
+        """Per open connection, in accept order: the API key it logged in with (None: not logged in)."""
+        return [session.account for session in self._live]
+
     def stats(self) -> SimStats:
         """The counters as one snapshot."""
         data = self._ended_data + sum(session.data_sent for session in self._live)
         missed = self._ended_missed + sum(session.missed + session.overflowed for session in self._live)
-        return SimStats(len(self._live), self._accepted, self._rejected, data, self._feed.made, missed)
+        return SimStats(
+            len(self._live),
+            self._accepted,
+            self._rejected,
+            data,
+            self._feed.made,
+            missed,
+            self._desk.orders,
+            self._desk.fills,
+            self._venue.faults.fired + sum(session.book_faults for session in self._sessions),
+        )
 
     def book_snapshot(self, symbol: str, depth: int | None = None) -> dict[str, Any]:
         """``symbol``'s current order book, as a REST endpoint would return it (JSON-able).

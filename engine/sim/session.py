@@ -1,25 +1,37 @@
 """The server side of one client connection to the simulated exchange.
 
 A :class:`Session` owns one byte stream: it answers the opening handshake
-(wsproto, server role), then runs two tasks until the connection ends:
+(wsproto, server role), then runs until the connection ends:
 
-- the reader: frames in, requests carried out, replies out, close handshake;
+- the reader: frames in, requests handed to the connection's
+  :class:`~engine.sim.service.Service`, close handshake;
 - the writer: sleeps until the exchange-wide feed (:class:`~engine.sim.feed.Feed`)
-  handed it data messages (:meth:`Session.deliver`), writes them, sleeps again.
+  or the order desk handed it messages (:meth:`Session.deliver`), writes them;
+- on demand: late answers (``reply_later``), a ping storm, the lifetime timer.
 
 Every write goes through one lock, so frames never interleave and the wire
-order is the order in which they were encoded.
+order is the order in which they were queued: data handed over before an
+answer is written before it. Every frame in and out is logged in the
+session's :class:`~engine.sim.wirelog.Transcript` with the time it crossed.
 
 Faults, applied by :class:`~engine.sim.exchange.SimExchange`:
 
 - :meth:`Session.stall` freezes the outgoing direction. Data is missed (the
-  feed's messages are dropped and counted in ``missed``, never re-sent), pings (protocol and ``op: ping``) are not answered, and replies to requests are
+  feed's messages are dropped and counted in ``missed``, never re-sent), pings
+  (protocol and ``op: ping``) are not answered, and replies to requests are
   held and delivered in order on :meth:`Session.resume`. Reading goes on, so a
   client that gives up and leaves is still noticed and removed.
+- :meth:`Session.half_open`: a stall that also stops reading: nothing flows
+  either way, the socket stays open (until :meth:`Session.resume`, a reset or
+  the exchange's end).
 - :meth:`Session.reset` ends the connection without a close frame (in-memory:
   the peer's next receive is broken; TCP: SO_LINGER 0, so the peer gets a RST).
 - :meth:`Session.close` sends a close frame (even while stalled) and waits a
   bounded time for the client's reply.
+- :meth:`Session.skip_book` / :meth:`Session.corrupt_book`: the next book
+  delta is not sent (a sequence gap) / carries a wrong checksum.
+- :meth:`Session.send_text` / :meth:`Session.send_raw`: any text (malformed
+  JSON, an oversize message) or raw bytes, now; :meth:`Session.ping_storm`.
 
 A client that vanishes, resets or breaks the protocol only ends its own
 session: nothing escapes :meth:`Session.run`.
@@ -34,10 +46,12 @@ import socket
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import anyio
+import anyio.abc
 import h11
+import orjson
 import wsproto.events as wse
 from anyio.abc import ByteStream, SocketAttribute
 from wsproto import ConnectionType, WSConnection
@@ -45,7 +59,8 @@ from wsproto.connection import ConnectionState
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from engine.sim import dialect
-from engine.sim.feed import Feed
+from engine.sim.service import Service, Venue
+from engine.sim.wirelog import Transcript, redact
 
 __all__ = ["Acceptance", "Admission", "Rejection", "Session"]
 
@@ -100,6 +115,19 @@ class _Outcome(enum.Enum):
     DROPPED = "dropped"
 
 
+def _entry(event: wse.Event) -> tuple[str, str]:
+    """How an outgoing event is logged: (kind, data)."""
+    if isinstance(event, wse.TextMessage):
+        return "text", event.data
+    if isinstance(event, wse.CloseConnection):
+        return "close", f"{event.code} {event.reason}".rstrip()
+    if isinstance(event, (wse.Ping, wse.Pong)):
+        return type(event).__name__.lower(), bytes(event.payload).hex()
+    if isinstance(event, wse.BytesMessage):
+        return "binary", bytes(event.data).hex()
+    return type(event).__name__, ""
+
+
 def _sendable(state: ConnectionState, event: wse.Event) -> bool:
     if isinstance(event, wse.CloseConnection):
         return state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)
@@ -118,68 +146,102 @@ class Session:
         self,
         stream: ByteStream,
         *,
-        symbols: Sequence[str],
-        feed: Feed,
+        venue: Venue,
         admit: Callable[[Session], Admission],
         on_end: Callable[[Session], None],
     ) -> None:
         self._stream = stream
-        self._symbols = tuple(symbols)
+        self._venue = venue
         self._admit = admit
         self._on_end = on_end
         self._ws = WSConnection(ConnectionType.SERVER)
-        self._feed = feed
-        self._keys: dict[tuple[str, str], None] = {}  # subscriptions, in subscribe order
-        self._outbox: list[str] = []  # data texts from the feed, not yet written
-        self._rng: random.Random | None = None  # this connection's own draws, once accepted
+        self._service = Service(venue, self)
+        self._outbox: list[str] = []  # data texts from the feed or the desk, not yet written
         self._scope = anyio.CancelScope()
+        self._tg: anyio.abc.TaskGroup | None = None
         self._lock = anyio.Lock()
         self._wake = anyio.Event()
+        self._hearing = anyio.Event()  # set while the reader may read (cleared by half_open)
+        self._hearing.set()
         self._finished = anyio.Event()
-        self._held: list[bytes] = []
+        self._held: list[tuple[bytes, list[tuple[str, str]]]] = []  # written on resume, then logged
         self._stalled = False
         self._close_when_flushed = False
         self._parts: list[str | bytes] = []
         self._part_size = 0
+        self._book_faults: list[tuple[str, str | None]] = []  # ("skip"|"corrupt", symbol or None: any)
         #: The request target of the upgrade request (``"/ws"``), once known.
         self.target: str | None = None
-        #: True after a login with a non-empty key.
-        self.authenticated = False
+        #: When the handshake was accepted (exchange clock), once accepted.
+        self.opened_at: float | None = None
         #: Data messages written to the stream so far.
         self.data_sent = 0
         #: Data messages the feed offered while stalled (skipped, never re-sent).
         self.missed = 0
         #: Data messages dropped because :data:`MAX_OUTBOX` were already waiting (a slow reader).
         self.overflowed = 0
-        #: Every text message this client sent: ``(anyio.current_time(), text)``, in order.
+        #: Book deltas left out (``skip_book``) or corrupted (``corrupt_book``) for this connection.
+        self.book_faults = 0
+        #: Every text message this client sent: ``(anyio.current_time(), text)``, in order (signatures redacted).
         self.received: list[tuple[float, str]] = []
+        #: Every frame in and out, with time and direction (see :mod:`engine.sim.wirelog`).
+        self.transcript = Transcript(venue.log_limit)
 
     # -- views ---------------------------------------------------------------
 
     @property
     def subscriptions(self) -> frozenset[tuple[str, str]]:
-        """The ``(channel, symbol)`` pairs this client is subscribed to."""
-        return frozenset(self._keys)
+        """The public ``(channel, symbol)`` pairs this client is subscribed to."""
+        return frozenset(self._service.keys)
+
+    @property
+    def private_subscriptions(self) -> frozenset[tuple[str, str]]:
+        """The private ``(channel, symbol)`` pairs this client is subscribed to."""
+        return frozenset(self._service.private)
+
+    @property
+    def authenticated(self) -> bool:
+        """True after a successful login."""
+        return self._service.authenticated
+
+    @property
+    def account(self) -> str | None:
+        """The API key this client logged in with."""
+        return self._service.account
 
     @property
     def stalled(self) -> bool:
-        """True between :meth:`stall` and :meth:`resume`."""
+        """True between :meth:`stall` (or :meth:`half_open`) and :meth:`resume`."""
         return self._stalled
 
     # -- faults (called by the exchange) -------------------------------------
 
+    def _note(self, kind: str, data: str = "") -> None:
+        self.transcript.add(anyio.current_time(), "note", kind, data)
+
     def stall(self) -> None:
         """Stop sending: no data, no pongs, replies held until :meth:`resume`."""
         self._stalled = True
+        self._note("stall")
+        self._notify()
+
+    def half_open(self) -> None:
+        """Stop sending and reading: nothing flows either way; the socket stays open."""
+        self._stalled = True
+        self._hearing = anyio.Event()
+        self._note("half_open")
         self._notify()
 
     def resume(self) -> None:
-        """End a stall: held replies go out first, then data is due again."""
+        """End a stall or half-open: held replies go out first, then data flows again."""
         self._stalled = False
+        self._hearing.set()
+        self._note("resume")
         self._notify()
 
     def reset(self) -> None:
         """End the connection abruptly, without a close frame."""
+        self._note("reset")
         abort = getattr(self._stream, "abort", None)
         if callable(abort):
             abort()
@@ -203,6 +265,94 @@ class Session:
         self._scope.cancel()
         await self._finished.wait()
 
+    def skip_book(self, symbol: str | None = None) -> None:
+        """Leave out the next book delta (of ``symbol``, or any): the client sees a sequence gap."""
+        self._book_faults.append(("skip", symbol))
+
+    def corrupt_book(self, symbol: str | None = None) -> None:
+        """Send the next book delta (of ``symbol``, or any) with a wrong checksum."""
+        self._book_faults.append(("corrupt", symbol))
+
+    async def send_text(self, text: str) -> None:
+        """Write one text message now (any text: malformed JSON, an oversize message), even if stalled."""
+        await self._emit([wse.TextMessage(data=text)], _Stalled.SEND)
+
+    async def send_raw(self, data: bytes) -> None:
+        """Write ``data`` as is now (no framing), even if stalled."""
+        async with self._lock:
+            self.transcript.add(anyio.current_time(), "out", "raw", data.hex())
+            await self._stream.send(data)
+
+    def ping_storm(self, count: int, interval: float, payload: bytes = b"storm") -> None:
+        """Send ``count`` protocol pings, ``interval`` seconds apart, starting now."""
+        self._start(self._storm, count, interval, payload)
+
+    async def _storm(self, count: int, interval: float, payload: bytes) -> None:
+        for i in range(count):
+            if i:
+                await anyio.sleep(interval)
+            await self._emit([wse.Ping(payload=payload)], _Stalled.DROP)
+
+    def _start(self, func: Callable[..., Any], *args: Any) -> None:
+        if self._tg is not None:
+            self._tg.start_soon(self._guarded, func, *args)
+
+    async def _guarded(self, func: Callable[..., Any], *args: Any) -> None:
+        try:
+            await func(*args)
+        except GONE:
+            self._scope.cancel()
+
+    # -- the service's write path (Replier) ------------------------------------
+
+    async def reply(self, message: dict[str, Any], *, droppable: bool = False) -> None:
+        """Write one answer after whatever was queued before it."""
+        await self._emit([wse.TextMessage(data=dialect.encode(message))], _Stalled.DROP if droppable else _Stalled.HOLD)
+
+    def reply_later(self, message: dict[str, Any], delay: float) -> None:
+        """Write one answer ``delay`` seconds from now."""
+        self._start(self._later, message, delay)
+
+    async def _later(self, message: dict[str, Any], delay: float) -> None:
+        await anyio.sleep(delay)
+        await self.reply(message)
+
+    def deliver(self, channel: str, symbol: str, text: str) -> None:
+        """Take one data message (feed or desk); the writer sends it soon (never blocks).
+
+        While stalled the message is missed (counted in :attr:`missed`); with
+        :data:`MAX_OUTBOX` messages already waiting it is dropped (counted in
+        :attr:`overflowed`).
+        """
+        if self._stalled or self._ws.state is not ConnectionState.OPEN:
+            self.missed += 1
+            return
+        if self._book_faults and channel == "book" and '"type":"update"' in text:
+            text_or_none = self._book_fault(symbol, text)
+            if text_or_none is None:
+                return
+            text = text_or_none
+        if len(self._outbox) >= MAX_OUTBOX:
+            self.overflowed += 1
+        else:
+            self._outbox.append(text)
+            if len(self._outbox) == 1:
+                self._notify()
+
+    def _book_fault(self, symbol: str, text: str) -> str | None:
+        for i, (kind, wanted) in enumerate(self._book_faults):
+            if wanted is None or wanted == symbol:
+                del self._book_faults[i]
+                self.book_faults += 1
+                if kind == "skip":
+                    self._note("skip_book", text)
+                    return None
+                message = orjson.loads(text)
+                message["checksum"] = message["checksum"] ^ 1  # stays a signed 32-bit value
+                self._note("corrupt_book", symbol)
+                return dialect.encode(message)
+        return text
+
     # -- running ------------------------------------------------------------
 
     async def run(self) -> None:
@@ -216,15 +366,31 @@ class Session:
                 if rest is None:
                     return
                 async with anyio.create_task_group() as tg:
+                    self._tg = tg
                     tg.start_soon(self._pump)
+                    if self._venue.lifetime is not None:
+                        tg.start_soon(self._expire, self._venue.lifetime)
                     await self._read(rest)
                     tg.cancel_scope.cancel()
         finally:
-            self._feed.leave(self, list(self._keys))
+            self._tg = None
+            self._service.leave()
             self._on_end(self)
             await anyio.aclose_forcefully(self._stream)
             self._finished.set()
             log.debug("sim connection to %s ended", self.target)
+
+    async def _expire(self, lifetime: float) -> None:
+        """The server-imposed connection lifetime: close ``lifetime`` seconds after the handshake."""
+        await anyio.sleep(lifetime)
+        self._note("lifetime")
+        try:
+            await self._emit([wse.CloseConnection(code=self._venue.lifetime_code, reason="lifetime")], _Stalled.SEND)
+        except GONE:
+            self._scope.cancel()
+            return
+        await anyio.sleep(self._venue.close_timeout)
+        self._scope.cancel()
 
     async def _handshake(self) -> bytes | None:
         """Answer the upgrade request; returns bytes received after it, or None if not accepted."""
@@ -258,8 +424,12 @@ class Session:
                 decision.body,
             )
             return None
-        self._rng = decision.rng
+        self._service.rng = decision.rng
+        self.opened_at = anyio.current_time()
+        self._note("open", request.target)
         await self._stream.send(self._ws.send(wse.AcceptConnection()) + decision.raw)
+        if decision.raw:
+            self.transcript.add(self.opened_at, "out", "raw", decision.raw.hex())
         log.debug("sim accepted a connection to %s", self.target)
         return rest
 
@@ -277,11 +447,13 @@ class Session:
     async def _read(self, data: bytes) -> None:
         try:
             while True:
+                await self._hearing.wait()  # half-open: nothing is read
                 if data and self._ws.state is not ConnectionState.CLOSED:
                     self._ws.receive_data(data)
                     if not await self._handle_events():
                         return
                 # Once the close reply is held by a stall, keep reading only to see the client go.
+                await self._hearing.wait()
                 data = await self._stream.receive()
         except GONE:
             self._scope.cancel()
@@ -298,20 +470,28 @@ class Session:
                 if event.message_finished:
                     await self._on_message(event)
             elif isinstance(event, wse.Ping):
+                self.transcript.add(anyio.current_time(), "in", "ping", bytes(event.payload).hex())
                 await self._emit([event.response()], _Stalled.DROP)
+            elif isinstance(event, wse.Pong):
+                self.transcript.add(anyio.current_time(), "in", "pong", bytes(event.payload).hex())
             elif isinstance(event, wse.CloseConnection):
+                self.transcript.add(anyio.current_time(), "in", "close", f"{event.code} {event.reason}".rstrip())
                 return await self._on_close(event)
         return True
 
     async def _on_message(self, last: wse.Message) -> None:
         parts, self._parts, self._part_size = self._parts, [], 0
+        now = anyio.current_time()
         if isinstance(last, wse.BytesMessage):
+            self.transcript.add(now, "in", "binary", b"".join(cast("list[bytes]", parts)).hex())
             request: dialect.Request = dialect.Invalid(dialect.BAD_REQUEST, "binary messages are not supported")
         else:
             text = "".join(cast("list[str]", parts))
-            self.received.append((anyio.current_time(), text))
-            request = dialect.parse_request(text, self._symbols)
-        await self._carry_out(request)
+            logged = redact(text)
+            self.received.append((now, logged))
+            self.transcript.add(now, "in", "text", logged)
+            request = dialect.parse_request(text, self._venue.symbols)
+        await self._service.carry_out(request, stalled=self._stalled)
 
     async def _on_close(self, event: wse.CloseConnection) -> bool:
         state = self._ws.state
@@ -328,93 +508,54 @@ class Session:
         await self._emit([wse.CloseConnection(code=event.code, reason=event.reason)], _Stalled.SEND)
         return False
 
-    async def _carry_out(self, request: dialect.Request) -> None:
-        reply: dict[str, object]
-        if isinstance(request, dialect.Ping):
-            if self._stalled:
-                return
-            await self._reply(dialect.pong(request), _Stalled.DROP)
-            return
-        if isinstance(request, dialect.Login):
-            self.authenticated = bool(request.key)
-            reply = dialect.login_result(request)
-        elif isinstance(request, dialect.Subscribe):
-            await self._reply(dialect.subscription_ack(request))  # the ack goes before any data
-            now = anyio.current_time()
-            for symbol in request.symbols:
-                if (request.channel, symbol) not in self._keys:
-                    self._keys[(request.channel, symbol)] = None
-                    self._feed.subscribe(request.channel, symbol, self, now)
-            return
-        elif isinstance(request, dialect.Unsubscribe):
-            for symbol in request.symbols:  # no data after the ack
-                if self._keys.pop((request.channel, symbol), 0) is None:
-                    self._feed.unsubscribe(request.channel, symbol, self)
-            reply = dialect.subscription_ack(request)
-        else:
-            reply = dialect.error(request)
-        await self._reply(reply)
-
-    async def _reply(self, message: dict[str, object], stalled: _Stalled = _Stalled.HOLD) -> None:
-        await self._emit([wse.TextMessage(data=dialect.encode(message))], stalled)
-
     # -- writing ------------------------------------------------------------
 
     def _notify(self) -> None:
-        """Wake the data pump: subscriptions, stall or closing changed."""
+        """Wake the writer: data queued, stall or closing changed."""
         self._wake.set()
         self._wake = anyio.Event()
-
-    def deliver(self, channel: str, symbol: str, text: str) -> None:
-        """Take one data message from the feed; the writer sends it soon (never blocks).
-
-        While stalled the message is missed (counted in :attr:`missed`); with
-        :data:`MAX_OUTBOX` messages already waiting it is dropped (counted in
-        :attr:`overflowed`).
-        """
-        if self._stalled or self._ws.state is not ConnectionState.OPEN:
-            self.missed += 1
-        elif len(self._outbox) >= MAX_OUTBOX:
-            self.overflowed += 1
-        else:
-            self._outbox.append(text)
-            if len(self._outbox) == 1:
-                self._notify()
 
     async def _emit(self, events: Sequence[wse.Event], stalled: _Stalled) -> _Outcome:
         """Encode and write ``events`` after the held replies and queued data (empty: just flush).
 
-        Everything goes out in the order it was queued: data the feed handed
-        over before a reply is written before it (no data after an
-        unsubscribe's ack).
+        Everything goes out in the order it was queued: data handed over
+        before an answer is written before it (no data after an unsubscribe's
+        ack).
         """
         async with self._lock:
             if self._stalled and stalled is _Stalled.DROP:
                 return _Outcome.DROPPED
-            chunks = [self._ws.send(e) for e in events if _sendable(self._ws.state, e)]
-            if events and not chunks:
+            sendable = [e for e in events if _sendable(self._ws.state, e)]
+            if events and not sendable:
                 return _Outcome.DROPPED  # the close handshake has begun: too late
+            chunks = [self._ws.send(e) for e in sendable]
+            entries = [_entry(e) for e in sendable]
             if stalled is _Stalled.SEND:
                 self._held.clear()
             elif self._stalled:
                 if chunks:
-                    self._held.append(b"".join(chunks))
+                    self._held.append((b"".join(chunks), entries))
                 return _Outcome.HELD
             outbox, self._outbox = self._outbox, []
             if outbox and self._ws.state is ConnectionState.OPEN:
                 chunks[:0] = [self._ws.send(wse.TextMessage(data=text)) for text in outbox]
+                entries[:0] = [("text", text) for text in outbox]
             else:
                 self.missed += len(outbox)
                 outbox = []
-            data = b"".join(self._held) + b"".join(chunks)
-            self._held.clear()
+            held, self._held = self._held, []
+            data = b"".join(chunk for chunk, _ in held) + b"".join(chunks)
             if data:
                 await self._stream.send(data)
+                now = anyio.current_time()
+                add = self.transcript.add
+                for kind, text in [e for _, logged in held for e in logged] + entries:
+                    add(now, "out", kind, text)
             self.data_sent += len(outbox)
             return _Outcome.SENT
 
     async def _pump(self) -> None:
-        """The writer task: wake when the feed delivered data (or on a change), write it."""
+        """The writer task: wake when data was delivered (or on a change), write it."""
         try:
             while True:
                 wake = self._wake  # taken before any await, so no notification is missed
