@@ -27,7 +27,21 @@ from engine.errors import (
     SubscriptionNotFound,
     WirestateError,
 )
-from engine.events import StateChanged
+from engine.events import (
+    Backlog,
+    Book,
+    BookSnapshot,
+    BookUpdate,
+    ErrorKind,
+    Fill,
+    Kline,
+    OrderUpdate,
+    StateChanged,
+    SubscriptionChanged,
+    Ticker,
+    Trade,
+)
+from engine.stream import Policy, Stream, StreamStats
 from engine.manager import ConnectionInfo, Manager, SubscriptionInfo
 from engine.policy import Backoff, DefaultPolicy, ReconnectPolicy, Retry
 from engine.requests import json_id
@@ -66,6 +80,20 @@ __all__ = [
     "SetupFileError",
     "State",
     "StateChanged",
+    "Backlog",
+    "Book",
+    "BookSnapshot",
+    "BookUpdate",
+    "ErrorKind",
+    "Fill",
+    "Kline",
+    "OrderUpdate",
+    "Policy",
+    "Stream",
+    "StreamStats",
+    "SubscriptionChanged",
+    "Ticker",
+    "Trade",
     "Subscription",
     "SubscriptionError",
     "SubscriptionFailed",
