@@ -454,6 +454,80 @@ class RawSocketClient(Client):
         return elapsed
 
 
+    async def roundtrips(self, port: int, n: int, inflight: int) -> tuple[float, float]:
+        """Floor: an ``asyncio.Protocol`` with a hand-made handshake, a minimal parser of the
+        server's small unmasked frames, masked writes and a dict of futures by id (no timeouts,
+        no limits, no checks): what any Python client's round trip costs at the least."""
+        import orjson
+
+        from benchmarks.blast import unmask
+
+        loop = asyncio.get_running_loop()
+        waiting: dict[Any, asyncio.Future[Any]] = {}
+        opened: asyncio.Future[None] = loop.create_future()
+        dumps, loads = orjson.dumps, orjson.loads
+
+        class Client(asyncio.Protocol):
+            transport: Any = None
+            upgraded = False
+            buffer = b""
+
+            def connection_made(self, transport: Any) -> None:
+                self.transport = transport
+                transport.write(
+                    f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+                )
+
+            def data_received(self, data: bytes) -> None:
+                buf = self.buffer + data if self.buffer else data
+                if not self.upgraded:
+                    end = buf.find(b"\r\n\r\n")
+                    if end < 0:
+                        self.buffer = buf
+                        return
+                    self.upgraded = True
+                    buf = buf[end + 4 :]
+                    opened.set_result(None)
+                pos, size = 0, len(buf)
+                while size - pos >= 2:
+                    length, head = buf[pos + 1] & 0x7F, 2
+                    if length == 126:
+                        if size - pos < 4:
+                            break
+                        length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+                    end = pos + head + length
+                    if end > size:
+                        break
+                    decoded = loads(buf[pos + head : end])
+                    pos = end
+                    future = waiting.pop(decoded.get("id") if type(decoded) is dict else None, None)
+                    if future is not None and not future.done():
+                        future.set_result(decoded)
+                self.buffer = buf[pos:]
+
+            def send_text(self, payload: bytes) -> None:
+                mask = os.urandom(4)
+                n = len(payload)
+                head = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0xFE]) + n.to_bytes(2, "big")
+                self.transport.write(head + mask + unmask(payload, mask))
+
+        transport, client = await loop.create_connection(Client, "127.0.0.1", port)
+        await opened
+
+        async def request(key: int) -> Any:
+            future = waiting[key] = loop.create_future()
+            client.send_text(dumps(request_payload(key)))
+            return await future
+
+        await _workers(1, ROUNDTRIP_WARMUP, request, -ROUNDTRIP_WARMUP)
+        t0, c0 = time.perf_counter(), time.process_time()
+        await _workers(inflight, n, request, 0)
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+        transport.close()
+        return elapsed, cpu
+
+
 class WirestateClient(Client):
     """wirestate's Connection, on asyncio via anyio."""
 

@@ -100,6 +100,7 @@ MEMORY: tuple[Case, ...] = tuple(_case(c, reference=c == "websockets") for c in 
 #: request/response round trips against the echo server: python-websockets with a dict of
 #: futures by id (the reference) and wirestate's Connection.request
 ROUNDTRIP: tuple[Case, ...] = (
+    Case("raw-socket", label="floor: asyncio.Protocol + hand parser + dict of futures"),
     Case("websockets", label="python-websockets + dict of futures by id", reference=True),
     Case("wirestate-fast", label="wirestate Connection.request (matcher)"),
 )
