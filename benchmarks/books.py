@@ -131,24 +131,24 @@ class Wirestate(Subject):
 class WirestateDriver(Wirestate):
     """The sans-IO driver's per-delta path: sequence check (Strict) + the book update."""
 
-    name = "wirestate Books.apply (driver: BookDelta, Strict rule)"
+    name = "wirestate Books.apply (driver: BookUpdate, Strict rule)"
 
     def __init__(self, bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> None:
         super().__init__(bids, asks)
-        from engine.books import BookConfig, BookDelta, Books, BookSnapshot
+        from engine.books import BookConfig, Books
         from engine.books.sequence import Strict
+        from engine.events import BookSnapshot, BookUpdate
 
         self.books = Books(BookConfig(sequence=Strict()))
-        self.books.snapshot(BookSnapshot("BTC-USDT", bids, asks, sequence=0))
+        self.books.snapshot(BookSnapshot(symbol="BTC-USDT", bids=tuple(bids), asks=tuple(asks), seq=0))
         self.book = self.books.book("BTC-USDT")
-        self._delta = BookDelta
-        self._seq = 0
+        self._delta = BookUpdate
 
     def prepare(self, deltas: list[Delta]) -> list[Any]:
         made = []
         for i, (is_bid, price, size) in enumerate(deltas, 1):
             level = ((price, size),)
-            made.append(self._delta("BTC-USDT", level if is_bid else (), () if is_bid else level, last=i))
+            made.append(self._delta(symbol="BTC-USDT", bids=level if is_bid else (), asks=() if is_bid else level, seq=i))
         return made
 
 

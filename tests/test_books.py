@@ -14,21 +14,14 @@ from decimal import Decimal
 
 import anyio
 import pytest
+from msgspec.structs import replace
 from transitions import MachineError
 
-from engine.books import (
-    BookConfig,
-    BookDelta,
-    BookResynced,
-    Books,
-    BookSnapshot,
-    BookState,
-    Gap,
-    UnknownBook,
-)
+from engine.books import BookConfig, Books, BookState, UnknownBook
 from engine.books.checksum import okx_checksum, okx_crc32
 from engine.books.sequence import Binance, Linked, Strict
 from engine.errors import ConfigError
+from engine.events import BookResynced, BookSnapshot, BookUpdate, Error, ErrorKind, Gap
 from machines.book import BookModel
 
 Level = tuple[Decimal, Decimal, str, str]
@@ -54,7 +47,7 @@ class Exchange:
         else:
             side[Decimal(price)] = (price, size)
 
-    def delta(self, now: float, updates: int = 2) -> BookDelta:
+    def delta(self, now: float, updates: int = 2) -> BookUpdate:
         """The next message: ``updates`` level changes near the top, ~20 % deletes."""
         bids, asks = [], []
         for _ in range(self.rng.randint(1, 3)):
@@ -65,17 +58,16 @@ class Exchange:
             (bids if is_bid else asks).append((price, size))
             self._set(is_bid, price, size)
         first, self.seq = self.seq + 1, self.seq + updates
-        prev = first - 1
-        return BookDelta(
-            self.symbol, bids, asks, first=first, last=self.seq, timestamp=now, received_at=now, prev=prev,
-            checksum=okx_crc32(*self.levels(25)),
+        return BookUpdate(
+            symbol=self.symbol, bids=tuple(bids), asks=tuple(asks), first_seq=first, seq=self.seq, prev_seq=first - 1,
+            ts=now, received=now, checksum=okx_crc32(*self.levels(25)),
         )  # fmt: skip
 
     def snapshot(self, now: float) -> BookSnapshot:
         bids, asks = self.levels()
         return BookSnapshot(
-            self.symbol, [lv[2:] for lv in bids], [lv[2:] for lv in asks], sequence=self.seq, timestamp=now,
-            received_at=now, checksum=okx_crc32(bids[:25], asks[:25]),
+            symbol=self.symbol, bids=tuple(lv[2:] for lv in bids), asks=tuple(lv[2:] for lv in asks), seq=self.seq,
+            ts=now, received=now, checksum=okx_crc32(bids[:25], asks[:25]),
         )  # fmt: skip
 
     def levels(self, n: int | None = None) -> tuple[list[Level], list[Level]]:
@@ -87,7 +79,7 @@ class Exchange:
 def _exact(books: Books, ex: Exchange) -> bool:
     view = books(ex.symbol)
     bids, asks = ex.levels()
-    return view.synced and list(view.bids) == bids and list(view.asks) == asks and view.sequence == ex.seq
+    return view.synced and list(view.bids) == bids and list(view.asks) == asks and view.seq == ex.seq
 
 
 # -- buffering before the snapshot ----------------------------------------------------------
@@ -102,12 +94,12 @@ def test_deltas_before_the_snapshot_are_applied_in_order_after_it() -> None:
     snap = ex.snapshot(1.2)  # the REST snapshot already holds the two deltas above
     # two later deltas change the same price one after the other: order matters
     later = [
-        BookDelta("BTC", [("99.5", "3.00")], [], first=ex.seq + 1, last=ex.seq + 2, received_at=1.3),
-        BookDelta("BTC", [("99.5", "4.25")], [], first=ex.seq + 3, last=ex.seq + 3, received_at=1.4),
+        BookUpdate(symbol="BTC", bids=(("99.5", "3.00"),), first_seq=ex.seq + 1, seq=ex.seq + 2, received=1.3),
+        BookUpdate(symbol="BTC", bids=(("99.5", "4.25"),), first_seq=ex.seq + 3, seq=ex.seq + 3, received=1.4),
     ]
     for delta in later:
         ex._set(True, "99.5", delta.bids[0][1])
-        ex.seq = delta.last  # type: ignore[assignment]
+        ex.seq = delta.seq  # type: ignore[assignment]
         assert books.apply(delta).events == ()
     assert books("BTC").bids == () and books.stats("BTC").buffered == 4
     result = books.snapshot(snap)
@@ -120,11 +112,11 @@ def test_deltas_before_the_snapshot_are_applied_in_order_after_it() -> None:
 
 def test_binance_allows_an_overlap_only_for_the_first_delta_after_the_snapshot() -> None:
     books = Books(BookConfig(sequence=Binance()))
-    books.snapshot(BookSnapshot("BTC", [("99", "1")], [("101", "1")], sequence=10))
-    assert books.apply(BookDelta("BTC", [("99", "2")], [], first=9, last=12)).events == ()  # U <= 11 <= u
-    assert books("BTC").sequence == 12
-    result = books.apply(BookDelta("BTC", [("99", "3")], [], first=12, last=14))  # overlaps 12: not Binance's
-    assert [(e.reason, e.expected, e.first) for e in result.events] == [("sequence", 12, 12)]  # type: ignore[union-attr]
+    books.snapshot(BookSnapshot(symbol="BTC", bids=(("99", "1"),), asks=(("101", "1"),), seq=10))
+    assert books.apply(BookUpdate(symbol="BTC", bids=(("99", "2"),), first_seq=9, seq=12)).events == ()  # U <= 11 <= u
+    assert books("BTC").seq == 12
+    result = books.apply(BookUpdate(symbol="BTC", bids=(("99", "3"),), first_seq=12, seq=14))  # overlap: not Binance's
+    assert result.events == (Gap(symbol="BTC", expected=13, got=12),)
 
 
 def test_a_buffer_that_does_not_reach_the_snapshot_is_a_gap() -> None:
@@ -135,7 +127,7 @@ def test_a_buffer_that_does_not_reach_the_snapshot_is_a_gap() -> None:
     books.apply(ex.delta(0.2))
     result = books.snapshot(snap)
     (gap,) = result.events
-    assert isinstance(gap, Gap) and gap.reason == "sequence" and gap.expected == snap.sequence
+    assert gap == Gap(symbol="BTC", expected=snap.seq + 1, got=snap.seq + 3, received=0.2)  # type: ignore[operator]
     assert result.need_snapshot and books.state("BTC") is BookState.RESYNCING
     healed = books.snapshot(ex.snapshot(0.3))
     assert [type(e) for e in healed.events] == [BookResynced] and _exact(books, ex)
@@ -149,14 +141,15 @@ def test_buffer_overflow_resyncs_and_counts_what_it_dropped() -> None:
     before_last = ex.snapshot(3.0)  # what a snapshot would say before the 4th delta
     result = books.apply(ex.delta(3.5))
     (gap,) = result.events
-    assert isinstance(gap, Gap) and (gap.reason, gap.last) == ("overflow", 3)
+    assert isinstance(gap, Error) and gap.kind is ErrorKind.RESYNC and gap.symbol == "ETH" and gap.received == 3.5
+    assert "ETH: 3 buffered deltas dropped: more than buffer_limit=3 before a snapshot; resyncing" == gap.message
     assert result.need_snapshot and books.state("ETH") is BookState.RESYNCING
     stats = books.stats("ETH")
     assert (stats.overflows, stats.overflowed, stats.buffered) == (1, 3, 4)
     # the newest delta was kept: a snapshot just before it is bridged by it
     healed = books.snapshot(before_last)
     (event,) = healed.events
-    assert isinstance(event, BookResynced) and event.reason == "overflow" and event.since == 3.5
+    assert event == BookResynced(symbol="ETH", reason="overflow", seq=ex.seq, received=3.0)
     assert _exact(books, ex)
 
 
@@ -195,11 +188,11 @@ async def test_a_gap_on_btc_resyncs_btc_while_eth_keeps_applying_without_a_pause
                         continue  # lost on the wire: BTC's next delta is a gap
                     result = books.apply(delta)
                     if result.need_snapshot:
-                        assert symbol == "BTC" and [e.reason for e in result.events] == ["sequence"]  # type: ignore[union-attr]
+                        assert symbol == "BTC" and [type(e) for e in result.events] == [Gap]
                         tg.start_soon(resync, symbol)
                 if books.state("BTC") is not BookState.SYNCED:
                     assert _exact(books, exchanges["ETH"])  # ETH is exact at every step meanwhile
-                    eth_during_resync.append(books("ETH").sequence)
+                    eth_during_resync.append(books("ETH").seq)
     assert len(eth_during_resync) >= 3 and eth_during_resync == sorted(set(eth_during_resync))
     assert [s for s, _ in fetched] == ["BTC", "ETH", "BTC"]
     (healed,) = results[0].events  # type: ignore[attr-defined]
@@ -220,11 +213,12 @@ def test_a_wrong_checksum_resyncs_that_symbol_and_asks_for_a_resubscribe() -> No
             assert books.apply(ex.delta(t)) .events == ()
     btc = exchanges["BTC-USDT"]
     delta = btc.delta(5.0)
-    wrong = delta._replace(bids=[*delta.bids, ("99.5", "123.45")])  # corrupted on the way
+    wrong = replace(delta, bids=(*delta.bids, ("99.5", "123.45")))  # corrupted on the way
     result = books.apply(wrong)
     (gap,) = result.events
-    assert isinstance(gap, Gap) and gap.reason == "checksum" and gap.expected == delta.checksum
-    assert gap.resubscribe and result.resubscribe and result.need_snapshot
+    assert isinstance(gap, Error) and gap.kind is ErrorKind.RESYNC and gap.symbol == "BTC-USDT"
+    assert f"checksum mismatch at seq {delta.seq}: the exchange's {delta.checksum}, the book's " in gap.message
+    assert result.resubscribe and result.need_snapshot
     assert books.state("BTC-USDT") is BookState.RESYNCING and books("BTC-USDT").bids == ()
     eth = exchanges["ETH-USDT"]
     assert books.apply(eth.delta(5.0)).events == () and _exact(books, eth)
@@ -242,8 +236,8 @@ def test_a_snapshot_with_a_wrong_checksum_is_not_trusted() -> None:
     ex = Exchange("BTC", seed=20)
     books = Books(BookConfig(checksum=okx_checksum))
     snap = ex.snapshot(0.0)
-    result = books.snapshot(snap._replace(checksum=snap.checksum + 1))  # type: ignore[operator]
-    assert [e.reason for e in result.events] == ["checksum"]  # type: ignore[union-attr]
+    result = books.snapshot(replace(snap, checksum=snap.checksum + 1))  # type: ignore[operator]
+    assert [type(e) for e in result.events] == [Error] and "checksum mismatch" in result.events[0].message  # type: ignore[union-attr]
     assert books.state("BTC") is BookState.RESYNCING
     assert books.snapshot(ex.snapshot(0.1)).events[0].reason == "checksum"  # type: ignore[union-attr]
     assert _exact(books, ex)
@@ -254,11 +248,11 @@ def test_bad_data_resyncs_only_that_symbol_and_never_raises() -> None:
     books = Books(BookConfig(sequence=Strict()))
     for ex in exchanges.values():
         books.snapshot(ex.snapshot(0.0))
-    bad = BookDelta("A", [("99.5", "1.0"), ("not a price", "1")], [], first=exchanges["A"].seq + 1,
-                    last=exchanges["A"].seq + 1, received_at=1.0)  # fmt: skip
+    bad = BookUpdate(symbol="A", bids=(("99.5", "1.0"), ("not a price", "1")), seq=exchanges["A"].seq + 1,
+                     received=1.0)  # fmt: skip
     result = books.apply(bad)
     (gap,) = result.events
-    assert isinstance(gap, Gap) and gap.reason == "bad_data" and "bid price 'not a price'" in gap.detail
+    assert isinstance(gap, Error) and gap.kind is ErrorKind.RESYNC and "bid price 'not a price'" in gap.message
     assert books.state("A") is BookState.RESYNCING and books.stats("A").bad_data == 1
     assert books.apply(exchanges["B"].delta(1.0)).events == () and _exact(books, exchanges["B"])
 
@@ -269,9 +263,9 @@ def test_a_checksum_hook_that_raises_resyncs_that_symbol() -> None:
 
     ex = Exchange("A", seed=40)
     books = Books(BookConfig(checksum=broken))
-    books.snapshot(ex.snapshot(0.0)._replace(checksum=None))
+    books.snapshot(replace(ex.snapshot(0.0), checksum=None))
     result = books.apply(ex.delta(1.0))
-    assert [(e.reason, "boom" in e.detail) for e in result.events] == [("bad_data", True)]  # type: ignore[union-attr]
+    assert [(type(e), "RuntimeError('boom')" in e.message) for e in result.events] == [(Error, True)]  # type: ignore[union-attr]
 
 
 def test_random_losses_and_corruption_always_heal_to_the_exact_book() -> None:
@@ -297,7 +291,7 @@ def test_random_losses_and_corruption_always_heal_to_the_exact_book() -> None:
             if roll < 0.02:
                 continue  # lost
             if roll < 0.04:
-                delta = delta._replace(asks=[*delta.asks, ("100.5", "0.01")])  # corrupted
+                delta = replace(delta, asks=(*delta.asks, ("100.5", "0.01")))  # corrupted
             result = books.apply(delta)
             if roll > 0.98:
                 books.apply(delta)  # duplicated: stale, dropped
@@ -430,3 +424,14 @@ def test_depth_from_the_config_limits_every_book() -> None:
 def test_bad_config_names_the_field(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         BookConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_the_book_as_an_engine_event_for_a_stream() -> None:
+    ex = Exchange("BTC", seed=90)
+    books = Books(BookConfig(), connection="spot#1")
+    books.snapshot(ex.snapshot(4.0))
+    event = books.event("BTC", 3)
+    bids, asks = ex.levels(3)
+    assert event.bids == tuple((lv[2], lv[3]) for lv in bids) and event.asks == tuple((lv[2], lv[3]) for lv in asks)
+    assert (event.symbol, event.seq, event.ts, event.received, event.connection) == ("BTC", ex.seq, 4.0, 4.0, "spot#1")
+    assert event.best_bid == (bids[0][2], bids[0][3])

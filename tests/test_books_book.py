@@ -87,11 +87,11 @@ def test_depth_limit_keeps_only_the_best_levels_and_counts_the_rest() -> None:
 def test_view_is_an_immutable_copy_of_the_top() -> None:
     book = Book("BTC")
     book.update([("99", "1"), ("100", "2"), ("98", "3")], [("101", "1"), ("102", "2")])
-    book.sequence, book.timestamp, book.received_at = 7, 1.5, 2.5
+    book.seq, book.ts, book.received = 7, 1.5, 2.5
     view = book.view(2)
     assert [b[0] for b in view.bids] == [100, 99] and [a[0] for a in view.asks] == [101, 102]
     assert view.best_bid == (Decimal(100), Decimal(2), "100", "2") and view.synced
-    assert (view.sequence, view.timestamp, view.received_at) == (7, 1.5, 2.5)
+    assert (view.seq, view.ts, view.received) == (7, 1.5, 2.5)
     with pytest.raises(dataclasses.FrozenInstanceError):
         view.bids = ()  # type: ignore[misc]
     book.update([("100", "0")], [])

@@ -11,7 +11,7 @@ import zlib
 
 import pytest
 
-from engine.books import Book, BookDelta
+from engine.books import Book
 from engine.books.checksum import (
     interleaved_crc32,
     kraken_checksum,
@@ -23,6 +23,7 @@ from engine.books.checksum import (
     signed32,
 )
 from engine.books.sequence import APPLY, GAP, STALE, Binance, Linked, Strict, Unchecked
+from engine.events import BookUpdate
 
 
 def _signed(value: int) -> int:
@@ -87,8 +88,8 @@ def test_interleaved_unsigned_and_signed() -> None:
 # -- sequence rules ------------------------------------------------------------------------
 
 
-def _d(first: int | None, last: int | None, prev: int | None = None) -> BookDelta:
-    return BookDelta("BTC", (), (), first=first, last=last, prev=prev)
+def _d(first: int | None, last: int | None, prev: int | None = None) -> BookUpdate:
+    return BookUpdate(symbol="BTC", first_seq=first, seq=last, prev_seq=prev)
 
 
 @pytest.mark.parametrize(
@@ -107,7 +108,7 @@ def _d(first: int | None, last: int | None, prev: int | None = None) -> BookDelt
         (_d(None, None), 10, True, GAP),  # no sequence where one is required
     ],
 )
-def test_binance_rule(delta: BookDelta, last: int | None, bridged: bool, verdict: int) -> None:
+def test_binance_rule(delta: BookUpdate, last: int | None, bridged: bool, verdict: int) -> None:
     assert Binance().check(delta, last, bridged) == verdict
 
 
@@ -122,7 +123,7 @@ def test_binance_rule(delta: BookDelta, last: int | None, bridged: bool, verdict
         (_d(None, 3), None, APPLY),
     ],
 )
-def test_strict_rule(delta: BookDelta, last: int | None, verdict: int) -> None:
+def test_strict_rule(delta: BookUpdate, last: int | None, verdict: int) -> None:
     for bridged in (False, True):
         assert Strict().check(delta, last, bridged) == verdict
 
@@ -137,7 +138,7 @@ def test_strict_rule(delta: BookDelta, last: int | None, verdict: int) -> None:
         (_d(None, 5, prev=-1), None, APPLY),
     ],
 )
-def test_linked_rule(delta: BookDelta, last: int | None, verdict: int) -> None:
+def test_linked_rule(delta: BookUpdate, last: int | None, verdict: int) -> None:
     assert Linked().check(delta, last, False) == verdict
 
 

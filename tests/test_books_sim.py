@@ -1,7 +1,7 @@
 """engine.books against the simulated exchange's ``book`` channel, over the memory transport.
 
 The client is the test's own small WebSocket client (tests/test_sim.py); its
-loop decodes each book message into a :class:`BookDelta` / :class:`BookSnapshot`
+loop decodes each book message into the engine's :class:`BookUpdate` / :class:`BookSnapshot`
 and hands it to :class:`Books` (OKX-style: ``prev_seq`` links, signed CRC32 of
 25 levels); REST snapshots come from ``SimExchange.book_snapshot`` after a
 virtual round trip. One BTC delta is lost and a later one corrupted; ETH must
@@ -16,22 +16,23 @@ from typing import Any
 import anyio
 import pytest
 
-from engine.books import BookConfig, BookDelta, BookResynced, Books, BookSnapshot, BookState, Gap
+from engine.books import BookConfig, Books, BookState
 from engine.books.checksum import okx_checksum
 from engine.books.sequence import Linked
+from engine.events import BookResynced, BookSnapshot, BookUpdate, Error, Gap
 from tests.test_sim import BOUND, connect, running
 from tests.test_sim_feed import subscribe
 
 
 def _snapshot(message: dict[str, Any], now: float) -> BookSnapshot:
-    return BookSnapshot(message["symbol"], message["bids"], message["asks"], sequence=message["seq"],
-                        timestamp=message["ts"], received_at=now, checksum=message["checksum"])  # fmt: skip
+    return BookSnapshot(symbol=message["symbol"], bids=message["bids"], asks=message["asks"], seq=message["seq"],
+                        ts=message["ts"], received=now, checksum=message["checksum"])  # fmt: skip
 
 
-def _delta(message: dict[str, Any], now: float) -> BookDelta:
-    return BookDelta(message["symbol"], message["bids"], message["asks"], last=message["seq"],
-                     prev=message["prev_seq"], timestamp=message["ts"], received_at=now,
-                     checksum=message["checksum"])  # fmt: skip
+def _delta(message: dict[str, Any], now: float) -> BookUpdate:
+    return BookUpdate(symbol=message["symbol"], bids=message["bids"], asks=message["asks"], seq=message["seq"],
+                      prev_seq=message["prev_seq"], ts=message["ts"], received=now,
+                      checksum=message["checksum"])  # fmt: skip
 
 
 @pytest.mark.anyio
@@ -44,7 +45,7 @@ async def test_against_the_simulator_btc_resyncs_alone_and_every_book_equals_the
                 return _snapshot(sim.book_snapshot(symbol), anyio.current_time())
 
             books = Books(BookConfig(sequence=Linked(), checksum=okx_checksum, fetch_snapshot=fetch, buffer_limit=20))
-            events: list[Gap | BookResynced] = []
+            events: list[Gap | Error | BookResynced] = []
 
             async def resync(symbol: str) -> None:
                 events.extend((await books.fetch(symbol)).events)
@@ -80,18 +81,19 @@ async def test_against_the_simulator_btc_resyncs_alone_and_every_book_equals_the
                     if books.state(symbol) is BookState.SYNCED:
                         truth = sim.book_snapshot(symbol)
                         view = books(symbol)
-                        if truth["seq"] == view.sequence:  # the exchange is not already ahead of us
+                        if truth["seq"] == view.seq:  # the exchange is not already ahead of us
                             assert [[lv[2], lv[3]] for lv in view.bids] == truth["bids"]
                             assert [[lv[2], lv[3]] for lv in view.asks] == truth["asks"]
                             compared[symbol] += 1
                             if symbol == "BTC-USD" and books.stats(symbol).resyncs:
                                 compared_after_resync += 1
-    assert [(type(e).__name__, e.symbol, e.reason) for e in events] == [
-        ("Gap", "BTC-USD", "sequence"),
+    assert [(type(e).__name__, e.symbol, getattr(e, "reason", "")) for e in events] == [
+        ("Gap", "BTC-USD", ""),
         ("BookResynced", "BTC-USD", "sequence"),
-        ("Gap", "BTC-USD", "checksum"),
+        ("Error", "BTC-USD", ""),  # kind RESYNC: the checksum mismatch
         ("BookResynced", "BTC-USD", "checksum"),
     ]
+    assert "checksum mismatch" in events[2].message  # type: ignore[union-attr]
     assert eth_while_btc_resyncs >= 1 and compared_after_resync >= 50
     assert min(compared.values()) >= 100
     eth, btc = books.stats("ETH-USD"), books.stats("BTC-USD")

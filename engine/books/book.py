@@ -8,7 +8,7 @@ the top N levels are a slice. Measured on a 1,000-level book with deltas near
 the top: ~0.9 µs per level update with a best bid/ask read after each,
 against ~2.8 µs for the C ``order-book`` package (``benchmarks/books.py``).
 
-A :data:`~engine.books.values.Level` is ``(price, size, price_text,
+A :data:`Level` is ``(price, size, price_text,
 size_text)``: the exact ``Decimal`` values and the exchange's own text, which
 checksums are computed over. A size of zero deletes the level; a delete of a
 level the book does not hold is ignored (exchanges send deletes for levels
@@ -29,9 +29,13 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from engine.books.errors import BookDataError
-from engine.books.values import Level, RawLevel
 
-__all__ = ["Book", "BookView"]
+__all__ = ["Book", "BookView", "Level", "RawLevel"]
+
+#: one price level as the book keeps it: ``(price, size, price_text, size_text)``
+Level = tuple[Decimal, Decimal, str, str]
+#: a level as it arrives: ``(price_text, size_text)`` (``engine.events.Level``); size zero deletes
+RawLevel = tuple[str, str]
 
 _ZERO = Decimal(0)
 _INF = Decimal("Infinity")
@@ -43,18 +47,18 @@ class BookView:
 
     ``bids`` best (highest) first, ``asks`` best (lowest) first, each level a
     ``(price, size, price_text, size_text)`` tuple. ``state`` is the sync
-    state's value (``"synced"`` when the book is exact); ``sequence`` the last
-    applied update id, ``timestamp`` the exchange's time of it and
-    ``received_at`` the injected clock's time of its receipt.
+    state's value (``"synced"`` when the book is exact); ``seq`` the last
+    applied update id, ``ts`` the exchange's time of it and ``received`` the
+    injected clock's time of its receipt (the names of :mod:`engine.events`).
     """
 
     symbol: str
     state: str
     bids: tuple[Level, ...]
     asks: tuple[Level, ...]
-    sequence: int | None
-    timestamp: float | None
-    received_at: float | None
+    seq: int | None
+    ts: float | None
+    received: float | None
 
     @property
     def synced(self) -> bool:
@@ -83,7 +87,7 @@ class Book:
     """
 
     __slots__ = (
-        "symbol", "depth", "price_cache", "truncated", "sequence", "timestamp", "received_at",
+        "symbol", "depth", "price_cache", "truncated", "seq", "ts", "received",
         "_bids", "_asks", "_bid_prices", "_ask_prices", "_parsed",
     )  # fmt: skip
 
@@ -94,9 +98,9 @@ class Book:
         self.depth = depth
         self.price_cache = price_cache
         self.truncated = 0  # levels dropped because they fell beyond ``depth``
-        self.sequence: int | None = None
-        self.timestamp: float | None = None
-        self.received_at: float | None = None
+        self.seq: int | None = None
+        self.ts: float | None = None
+        self.received: float | None = None
         self._bids: dict[Decimal, Level] = {}
         self._asks: dict[Decimal, Level] = {}
         self._bid_prices: list[Decimal] = []  # ascending: the best bid is the last
@@ -135,7 +139,7 @@ class Book:
         else:
             top_bids = tuple([bids[p] for p in self._bid_prices[: -depth - 1 : -1]])
             top_asks = tuple([asks[p] for p in self._ask_prices[:depth]])
-        return BookView(self.symbol, state, top_bids, top_asks, self.sequence, self.timestamp, self.received_at)
+        return BookView(self.symbol, state, top_bids, top_asks, self.seq, self.ts, self.received)
 
     def __len__(self) -> int:
         return len(self._bids) + len(self._asks)
@@ -154,7 +158,7 @@ class Book:
         bid, ask = self.best_bid, self.best_ask
         return (
             f"<Book {self.symbol} {len(self._bids)} bids, {len(self._asks)} asks, "
-            f"best {bid[0] if bid else None} / {ask[0] if ask else None}, sequence {self.sequence}>"
+            f"best {bid[0] if bid else None} / {ask[0] if ask else None}, seq {self.seq}>"
         )
 
     # -- writes ----------------------------------------------------------------------
@@ -165,7 +169,7 @@ class Book:
         self._asks.clear()
         self._bid_prices.clear()
         self._ask_prices.clear()
-        self.sequence = self.timestamp = self.received_at = None
+        self.seq = self.ts = self.received = None
 
     def load(self, bids: Iterable[RawLevel], asks: Iterable[RawLevel]) -> None:
         """Replace the whole book with these levels (a snapshot); zero sizes are skipped."""

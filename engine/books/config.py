@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from engine.books.sequence import SequenceRule, Unchecked
-from engine.books.values import BookSnapshot
 from engine.errors import ConfigError
+from engine.events import BookSnapshot
 
 if TYPE_CHECKING:
     from engine.books.book import Book

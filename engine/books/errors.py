@@ -8,7 +8,7 @@
         └── UnknownBook (also LookupError)     no book for that symbol
 
 A per-symbol problem met while streaming never raises into the connection:
-the driver turns it into a resync and events (:mod:`engine.books.events`).
+the driver turns it into a resync and events (:mod:`engine.books.sync`).
 These errors reach callers of the direct APIs (``Book.update``, ``Books.view``).
 """
 

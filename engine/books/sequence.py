@@ -4,11 +4,14 @@ A rule answers one question per delta, :meth:`SequenceRule.check`, with one of
 :data:`APPLY`, :data:`STALE` (older than the book: dropped and counted, not a
 gap; after a REST snapshot the buffered deltas it already contains are
 stale) or :data:`GAP` (the symbol resyncs). ``last`` is the book's sequence
-(the snapshot's, then each applied delta's ``last``); ``bridged`` is False for
+(the snapshot's ``seq``, then each applied delta's ``seq``); ``bridged`` is False for
 the first delta after a snapshot, where some exchanges allow an overlap.
 
 When the book has no sequence (``last`` is None: a snapshot without one)
-every rule applies the delta and takes its ``last`` as the book's sequence.
+every rule applies the delta and takes its ``seq`` as the book's sequence.
+A delta's ``first_seq``..``seq`` is the range of update ids it covers
+(Binance ``U``..``u``; ``first_seq`` None: just ``seq``), ``prev_seq`` the id it
+follows (OKX ``prevSeqId``) — the fields of :class:`engine.events.BookUpdate`.
 
 The rules (each a small frozen object; write your own with the same method):
 
@@ -29,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from engine.books.values import BookDelta
+from engine.events import BookUpdate
 
 __all__ = ["APPLY", "GAP", "STALE", "Binance", "Linked", "SequenceRule", "Strict", "Unchecked"]
 
@@ -41,7 +44,7 @@ GAP: Final = 2
 class SequenceRule(Protocol):
     """Decides where a delta stands against the book's sequence."""
 
-    def check(self, delta: BookDelta, last: int | None, bridged: bool) -> int:
+    def check(self, delta: BookUpdate, last: int | None, bridged: bool) -> int:
         """:data:`APPLY`, :data:`STALE` or :data:`GAP` for ``delta`` on a book at ``last``."""
         ...
 
@@ -50,13 +53,13 @@ class SequenceRule(Protocol):
 class Binance:
     """``U <= last+1 <= u`` for the first delta after the snapshot, ``U == last+1`` after it."""
 
-    def check(self, delta: BookDelta, last: int | None, bridged: bool) -> int:
-        end = delta.last
+    def check(self, delta: BookUpdate, last: int | None, bridged: bool) -> int:
+        end = delta.seq
         if last is None or end is None:
             return APPLY if last is None else GAP
         if end <= last:
             return STALE
-        start = delta.first if delta.first is not None else end
+        start = delta.first_seq if delta.first_seq is not None else end
         if bridged:
             return APPLY if start == last + 1 else GAP
         return APPLY if start <= last + 1 else GAP  # (last + 1 <= end holds: end > last)
@@ -66,13 +69,13 @@ class Binance:
 class Strict:
     """Every delta starts right after the book: ``U == last+1`` (``U`` defaults to ``u``)."""
 
-    def check(self, delta: BookDelta, last: int | None, bridged: bool) -> int:
-        end = delta.last
+    def check(self, delta: BookUpdate, last: int | None, bridged: bool) -> int:
+        end = delta.seq
         if last is None or end is None:
             return APPLY if last is None else GAP
         if end <= last:
             return STALE
-        start = delta.first if delta.first is not None else end
+        start = delta.first_seq if delta.first_seq is not None else end
         return APPLY if start == last + 1 else GAP
 
 
@@ -80,11 +83,11 @@ class Strict:
 class Linked:
     """Every delta names the one before it: ``prev == last``."""
 
-    def check(self, delta: BookDelta, last: int | None, bridged: bool) -> int:
+    def check(self, delta: BookUpdate, last: int | None, bridged: bool) -> int:
         if last is None:
             return APPLY
-        end = delta.last
-        if delta.prev == last:
+        end = delta.seq
+        if delta.prev_seq == last:
             return APPLY
         if end is not None and end <= last:
             return STALE
@@ -95,5 +98,5 @@ class Linked:
 class Unchecked:
     """No sequence check: every delta applies."""
 
-    def check(self, delta: BookDelta, last: int | None, bridged: bool) -> int:
+    def check(self, delta: BookUpdate, last: int | None, bridged: bool) -> int:
         return APPLY

@@ -1,9 +1,11 @@
 """The per-symbol sync driver: buffer, snapshot, sequence, checksum, resync.
 
-Sans-IO: the driver takes already decoded values (:class:`BookDelta`,
-:class:`BookSnapshot`, carrying the exchange's and the injected clock's
-times) and answers each with a :class:`BookResult`: the events it produced
-and what the caller has to do next. It never sleeps, reads a clock or sends:
+Sans-IO: the driver takes already decoded values, the engine's typed events
+:class:`~engine.events.BookUpdate` and :class:`~engine.events.BookSnapshot`
+(levels as the exchange's text; ``ts`` the exchange's time, ``received`` the
+injected clock's; any object with those attributes works), and answers each
+with a :class:`BookResult`: the events it produced and what the caller has to
+do next. It never sleeps, reads a clock or sends:
 
 - ``need_snapshot``: the symbol waits for a snapshot. If it comes from REST
   (``BookConfig.fetch_snapshot``) the caller starts ``await books.fetch(symbol)``
@@ -15,11 +17,18 @@ and what the caller has to do next. It never sleeps, reads a clock or sends:
 
 Each symbol has its own machine (:mod:`machines.book`) fired on sync events
 only; a delta in ``synced`` is a sequence check and a book update. A gap, a
-checksum mismatch, bad data or a buffer overflow resyncs *that* symbol (a
-:class:`Gap` now, a :class:`BookResynced` when it is exact again) and never
-raises: every other symbol keeps applying. Everything dropped is counted in
-:class:`BookStats` (stale deltas, overflowed or discarded buffers, unused
-snapshots).
+checksum mismatch, bad data or a buffer overflow resyncs *that* symbol and
+never raises: every other symbol keeps applying. The events are the engine's
+(:mod:`engine.events`), so they go to the same streams as the data: a
+sequence gap is a :class:`~engine.events.Gap` (``expected``: one past the
+book's sequence; ``got``: the first id the delta covers); a checksum mismatch,
+a bad level or an overflow is an :class:`~engine.events.Error` of kind
+``RESYNC`` naming the symbol and the cause; when the book is exact again, a
+:class:`~engine.events.BookResynced` with the first cause as ``reason``
+(``"sequence"``, ``"checksum"``, ``"bad_data"``, ``"overflow"``). Each carries
+``received``: the injected clock's time of the message (or fetch) that caused
+it. Everything dropped is counted in :class:`BookStats` (stale deltas,
+overflowed or discarded buffers, unused snapshots).
 """
 
 from __future__ import annotations
@@ -33,10 +42,10 @@ import anyio
 from engine.books.book import Book, BookView
 from engine.books.config import BookConfig
 from engine.books.errors import BookDataError, UnknownBook
-from engine.books.events import BookResynced, Gap
 from engine.books.sequence import APPLY, STALE
-from engine.books.values import BookDelta, BookSnapshot
 from engine.errors import ConfigError
+from engine.events import Book as BookEvent
+from engine.events import BookResynced, BookSnapshot, BookUpdate, Error, ErrorKind, Gap
 from machines.book import BookModel, BookState
 
 __all__ = ["BookResult", "BookStats", "BookSync", "Books", "StateListener"]
@@ -52,7 +61,7 @@ StateListener = Callable[[str, BookState, BookState, str], None]
 class BookResult:
     """What one delta, snapshot or fetch did: events, and what the caller must do next."""
 
-    events: tuple[Gap | BookResynced, ...] = ()
+    events: tuple[Gap | Error | BookResynced, ...] = ()
     need_snapshot: bool = False
     resubscribe: bool = False
     error: str = ""  # a failed fetch (also counted in BookStats.fetch_failures)
@@ -85,8 +94,11 @@ class BookStats:
 class BookSync:
     """One symbol: its book, machine, buffer and counters (see the module docstring)."""
 
-    def __init__(self, symbol: str, config: BookConfig, listener: StateListener | None = None) -> None:
+    def __init__(
+        self, symbol: str, config: BookConfig, listener: StateListener | None = None, connection: str = ""
+    ) -> None:
         self.symbol = symbol
+        self.connection = connection  # stamped on the events
         self.config = config
         self.book = Book(symbol, config.depth, config.price_cache)
         self.stats = BookStats()
@@ -94,9 +106,9 @@ class BookSync:
         self._listener = listener
         self._rule = config.sequence
         self._checksum = config.checksum
-        self._buffer: list[BookDelta] = []
+        self._buffer: list[BookUpdate] = []
         self._bridged = False  # a delta was applied since the snapshot (the rule's first/next distinction)
-        self._gap: Gap | None = None  # the gap being healed: its BookResynced names it
+        self._lost: str | None = None  # why the book resyncs (the first cause): its BookResynced names it
 
     @property
     def state(self) -> BookState:
@@ -118,7 +130,7 @@ class BookSync:
         self._model.fire("start")
         return BookResult(need_snapshot=True, resubscribe=False)
 
-    def apply(self, delta: BookDelta) -> BookResult:
+    def apply(self, delta: BookUpdate) -> BookResult:
         """Apply, buffer or drop one delta; a problem resyncs this symbol (never raises)."""
         state = self._model.state
         if state == _SYNCED:
@@ -134,13 +146,14 @@ class BookSync:
             self.stats.overflows += 1
             self.stats.overflowed += dropped
             del buffer[:-1]  # keep the newest: it may still bridge the next snapshot
-            return self._lose("overflow", "overflow", delta.received_at, keep=None, last=dropped, trim=False)
+            why = f"{dropped} buffered deltas dropped: more than buffer_limit={self.config.buffer_limit} before a snapshot"
+            return self._lose("overflow", "overflow", delta.received, None, why, trim=False)
         return result
 
     def snapshot(self, snapshot: BookSnapshot) -> BookResult:
         """Replace the book with ``snapshot``, then apply the buffered deltas that follow it."""
         book = self.book
-        at = snapshot.received_at
+        at = snapshot.received
         if self._model.state == _UNSYNCED:
             self._model.fire("start")
         try:
@@ -149,28 +162,28 @@ class BookSync:
             self.stats.bad_data += 1
             self.stats.discarded += len(self._buffer)
             self._buffer = []
-            return self._lose("bad_data", "bad_data", at, keep=None, detail=str(exc))
-        book.sequence = snapshot.sequence
-        book.timestamp = snapshot.timestamp
-        book.received_at = at
+            return self._lose("bad_data", "bad_data", at, None, f"snapshot refused: {exc}")
+        book.seq = snapshot.seq
+        book.ts = snapshot.ts
+        book.received = at
         self._model.fire("snapshot")
         self.stats.snapshots += 1
         self._bridged = False
         if snapshot.checksum is not None and self._checksum is not None:
-            lost = self._verify(snapshot.checksum, at)
-            if lost is not None:
-                return lost
+            mismatch = self._verify(snapshot.checksum, at)
+            if mismatch is not None:
+                return mismatch
         buffer, self._buffer = self._buffer, []
         for index, delta in enumerate(buffer):
             result = self._apply(delta)
             if self._model.state != _SYNCED:  # lost again: the newer deltas wait for the next snapshot
                 self._buffer.extend(buffer[index + 1 :])
                 return result
-        gap, self._gap = self._gap, None
-        if gap is None:
+        cause, self._lost = self._lost, None
+        if cause is None:
             return NOTHING
         self.stats.resyncs += 1
-        healed = BookResynced(self.symbol, gap.reason, gap.at, at, book.sequence, self.stats.resyncs)
+        healed = BookResynced(symbol=self.symbol, reason=cause, seq=book.seq, received=at, connection=self.connection)
         return BookResult((healed,))
 
     def reset(self) -> None:
@@ -179,37 +192,40 @@ class BookSync:
             self._model.fire("reset")
         self.stats.discarded += len(self._buffer)
         self._buffer = []
-        self._gap = None
+        self._lost = None
         self._bridged = False
         self.book.clear()
 
     # -- inside ------------------------------------------------------------------------
 
-    def _apply(self, delta: BookDelta) -> BookResult:
+    def _apply(self, delta: BookUpdate) -> BookResult:
         book = self.book
-        verdict = self._rule.check(delta, book.sequence, self._bridged)
+        verdict = self._rule.check(delta, book.seq, self._bridged)
         if verdict != APPLY:
             if verdict == STALE:
                 self.stats.stale += 1
                 return NOTHING
             self.stats.gaps += 1
-            return self._lose(
-                "sequence", "gap", delta.received_at, keep=delta, expected=book.sequence,
-                first=delta.first, last=delta.last,
+            last = book.seq
+            got = delta.first_seq if delta.first_seq is not None else (
+                delta.prev_seq + 1 if delta.prev_seq is not None else delta.seq
             )  # fmt: skip
+            gap = Gap(symbol=self.symbol, expected=None if last is None else last + 1, got=got,
+                      received=delta.received, connection=self.connection)  # fmt: skip
+            return self._lose("sequence", "gap", delta.received, delta, gap)
         try:
             book.update(delta.bids, delta.asks)
         except BookDataError as exc:
             self.stats.bad_data += 1
-            return self._lose("bad_data", "bad_data", delta.received_at, keep=None, detail=str(exc))
-        if delta.last is not None:
-            book.sequence = delta.last
-        book.timestamp = delta.timestamp
-        book.received_at = delta.received_at
+            return self._lose("bad_data", "bad_data", delta.received, None, f"delta {delta.seq} refused: {exc}")
+        if delta.seq is not None:
+            book.seq = delta.seq
+        book.ts = delta.ts
+        book.received = delta.received
         self._bridged = True
         self.stats.applied += 1
         if delta.checksum is not None and self._checksum is not None:
-            return self._verify(delta.checksum, delta.received_at) or NOTHING
+            return self._verify(delta.checksum, delta.received) or NOTHING
         return NOTHING
 
     def _verify(self, expected: int, at: float) -> BookResult | None:
@@ -218,27 +234,31 @@ class BookSync:
             ours = self._checksum(self.book)
         except Exception as exc:  # a broken hook is this symbol's problem, not the connection's
             self.stats.bad_data += 1
-            return self._lose("bad_data", "bad_data", at, keep=None, detail=f"checksum hook raised {exc!r}")
+            return self._lose("bad_data", "bad_data", at, None, f"the checksum hook raised {exc!r}")
         if ours == expected:
             return None
         self.stats.checksum_failures += 1
-        return self._lose("checksum", "checksum_failed", at, keep=None, expected=expected, last=ours)
+        why = f"checksum mismatch at seq {self.book.seq}: the exchange's {expected}, the book's {ours}"
+        return self._lose("checksum", "checksum_failed", at, None, why)
 
     def _lose(
-        self, reason: str, trigger: str, at: float, keep: BookDelta | None, trim: bool = True, **fields: object
+        self, reason: str, trigger: str, at: float, keep: BookUpdate | None, event: Gap | str, trim: bool = True
     ) -> BookResult:
-        """Continuity lost: fire ``trigger``, clear the book, buffer ``keep``, report a Gap."""
+        """Continuity lost: fire ``trigger``, clear the book, buffer ``keep``, report ``event``
+        (a Gap, or the text of a RESYNC Error)."""
         self._model.fire(trigger, reason)
         self.book.clear()
         self._bridged = False
         if trim:
             self.stats.discarded += len(self._buffer)
             self._buffer = [keep] if keep is not None else []
-        resubscribe = self.config.resubscribe
-        gap = Gap(self.symbol, reason, at, resubscribe=resubscribe, **fields)  # type: ignore[arg-type]
-        if self._gap is None:  # the first gap of a resync is the one it heals
-            self._gap = gap
-        return BookResult((gap,), need_snapshot=True, resubscribe=resubscribe)
+        if self._lost is None:  # the first cause of a resync is the one it heals
+            self._lost = reason
+        told: Gap | Error = event if isinstance(event, Gap) else Error(
+            kind=ErrorKind.RESYNC, message=f"{self.symbol}: {event}; resyncing", symbol=self.symbol, received=at,
+            connection=self.connection,
+        )  # fmt: skip
+        return BookResult((told,), need_snapshot=True, resubscribe=self.config.resubscribe)
 
 
 class Books:
@@ -247,11 +267,16 @@ class Books:
     ``books(symbol)`` (or ``books.view(symbol, depth)``) returns an immutable
     :class:`BookView`. ``apply``, ``snapshot`` and ``start`` route by symbol and
     return a :class:`BookResult`; ``fetch`` awaits the configured REST fetcher.
-    ``on_state`` hears every transition of every symbol's machine.
+    ``on_state`` hears every transition of every symbol's machine;
+    ``connection`` is stamped on the events (the logical id of the connection
+    carrying these books).
     """
 
-    def __init__(self, config: BookConfig | None = None, *, on_state: StateListener | None = None) -> None:
+    def __init__(
+        self, config: BookConfig | None = None, *, on_state: StateListener | None = None, connection: str = ""
+    ) -> None:
         self.config = config if config is not None else BookConfig()
+        self.connection = connection
         self._on_state = on_state
         self._syncs: dict[str, BookSync] = {}
         self._fetching: set[str] = set()  # symbols with a fetch in flight (one at a time)
@@ -260,7 +285,7 @@ class Books:
         """The symbol's driver, created (``unsynced``) on first use."""
         found = self._syncs.get(symbol)
         if found is None:
-            found = self._syncs[symbol] = BookSync(symbol, self.config, self._on_state)
+            found = self._syncs[symbol] = BookSync(symbol, self.config, self._on_state, self.connection)
         return found
 
     def _known(self, symbol: str) -> BookSync:
@@ -275,6 +300,17 @@ class Books:
     def view(self, symbol: str, depth: int | None = None) -> BookView:
         """An immutable view of ``symbol``'s best ``depth`` levels (all with None)."""
         return self._known(symbol).view(depth)
+
+    def event(self, symbol: str, depth: int | None = None) -> BookEvent:
+        """``symbol``'s best ``depth`` levels as the engine's :class:`~engine.events.Book` event
+        (levels as the exchange's text), for a stream; ``books(symbol)`` is the richer view."""
+        found = self._known(symbol)
+        book = found.book
+        bids, asks = book.top(depth)
+        return BookEvent(
+            symbol=symbol, bids=tuple([(lv[2], lv[3]) for lv in bids]), asks=tuple([(lv[2], lv[3]) for lv in asks]),
+            seq=book.seq, ts=book.ts, received=book.received or 0.0, connection=self.connection,
+        )  # fmt: skip
 
     def book(self, symbol: str) -> Book:
         """The live book of ``symbol`` (read it; the driver writes it)."""
@@ -299,7 +335,7 @@ class Books:
         """Want ``symbol``'s book (call on subscribe, so a REST fetch can start at once)."""
         return self.sync(symbol).start()
 
-    def apply(self, delta: BookDelta) -> BookResult:
+    def apply(self, delta: BookUpdate) -> BookResult:
         """Route one delta to its symbol's driver."""
         found = self._syncs.get(delta.symbol)
         if found is None:
