@@ -65,7 +65,7 @@ def register(name: str, description: str = "") -> Callable[[MicroFn], MicroFn]:
 
 
 #: modules whose import registers micro-benchmarks
-PROVIDERS = ("benchmarks.limiter", "benchmarks.matcher")
+PROVIDERS = ("benchmarks.limiter", "benchmarks.matcher", "benchmarks.books")
 
 
 def run_all(quick: bool = False) -> list[dict[str, object]]:
