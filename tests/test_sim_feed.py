@@ -115,3 +115,26 @@ async def test_many_connections_one_stream() -> None:
             last = seen[0][-1]
             assert all(s[-1] == last for s in seen)
             assert sim.stats().made == orjson.loads(last)["seq"]
+
+
+# -- a real socket (real clock) --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_many_tcp_connections_on_loopback_get_the_same_frames(anyio_backend: str) -> None:
+    with anyio.fail_after(10):
+        async with running(rate=100.0) as sim:
+            port = await sim.listen_tcp()
+            clients = [Client(await anyio.connect_tcp("127.0.0.1", port)) for _ in range(20)]
+            for client in clients:
+                assert isinstance(await client.handshake(), wse.AcceptConnection)
+                await subscribe(client, "trades", "ETH-USD")
+            await anyio.sleep(0.3)
+            seen = [texts(await client.collect(0.01)) for client in clients]
+            last = min(orjson.loads(s[-1])["seq"] for s in seen)
+            first = max(orjson.loads(s[0])["seq"] for s in seen)
+            assert last - first >= 5
+            window = [[t for t in s if first <= orjson.loads(t)["seq"] <= last] for s in seen]
+            assert all(w == window[0] for w in window)  # byte-identical across 20 sockets
+            for client in clients:
+                await client.stream.aclose()
