@@ -113,7 +113,73 @@ def _sim(args: argparse.Namespace) -> int:
         return 2
     from engine.sim.serve import run_sim
 
-    return run_sim(port=args.port, duration=args.duration, backend=args.backend)
+    options = {"rate": args.rate, "seed": args.seed, "book_depth": args.book_depth, "lifetime": args.lifetime}
+    if args.symbols:
+        options["symbols"] = args.symbols
+    if args.credential:
+        options["credentials"] = dict(args.credential)
+    if args.response_delay:
+        options["response_delay"] = args.response_delay
+    return run_sim(port=args.port, duration=args.duration, backend=args.backend, **options)
+
+
+def _sim_arguments(sim: argparse.ArgumentParser) -> None:
+    """``wirestate sim``'s exchange options (see engine.sim.exchange.SimExchange)."""
+
+    def number(text: str, least: float = 0.0) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < least:
+            raise argparse.ArgumentTypeError(f"must be a finite number >= {least:g}, not {text}")
+        return value
+
+    def depth(text: str) -> int:
+        if not text.isdigit() or int(text) < 2:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= 2, not {text!r}")
+        return int(text)
+
+    def credential(text: str) -> tuple[str, str]:
+        key, sep, secret = text.partition(":")
+        if not sep or not key or not secret:
+            raise argparse.ArgumentTypeError("must be KEY:SECRET")
+        return key, secret
+
+    def delay(text: str) -> tuple[float, float]:
+        low, sep, high = text.partition(":")
+        if not sep:
+            raise argparse.ArgumentTypeError("must be LOW:HIGH seconds")
+        lo, hi = number(low), number(high)
+        if lo > hi:
+            raise argparse.ArgumentTypeError(f"LOW must not exceed HIGH ({text})")
+        return lo, hi
+
+    def symbols(text: str) -> list[str]:
+        names = [s.strip() for s in text.split(",")]
+        if not all(names):
+            raise argparse.ArgumentTypeError(f"must be comma-separated symbol names, not {text!r}")
+        return names
+
+    sim.add_argument("--rate", type=number, default=4.0, help="messages/s of each (channel, symbol) stream (default 4)")
+    sim.add_argument("--seed", type=int, default=0, help="seed of prices, books, fills and delays (default 0)")
+    sim.add_argument("--symbols", type=symbols, default=None, help="comma-separated (default BTC-USD,ETH-USD)")
+    sim.add_argument("--book-depth", type=depth, default=100, help="levels per side of each book (default 100)")
+    sim.add_argument(
+        "--credential",
+        type=credential,
+        action="append",
+        metavar="KEY:SECRET",
+        help="require HMAC-signed logins with this test key (repeatable; default: any non-empty key logs in)",
+    )
+    sim.add_argument("--lifetime", type=_seconds(0.0), default=None, help="close each connection after this many seconds")
+    sim.add_argument(
+        "--response-delay",
+        type=delay,
+        default=None,
+        metavar="LOW:HIGH",
+        help="delay each order answer by a seeded draw in [LOW, HIGH] s (answers arrive out of order)",
+    )
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -157,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sim.add_argument("--duration", type=_seconds(0.0), default=None, help="stop after this many seconds")
     sim.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    _sim_arguments(sim)
     sim.set_defaults(run=_sim)
 
     diagrams = commands.add_parser("diagrams", help="write state diagrams generated from the machine definitions")

@@ -21,7 +21,7 @@ from engine.sim.exchange import SimExchange
 
 __all__ = ["run_interruptible", "run_sim"]
 
-#: Data messages per second per subscribed (channel, symbol) pair.
+#: Data messages per second per (channel, symbol) stream, unless ``--rate`` says otherwise.
 _RATE = 4.0
 
 
@@ -85,45 +85,64 @@ async def _on_signal_cancel(func: Callable[..., Awaitable[Any]], args: tuple[Any
     return result
 
 
-def _dialect_summary(sim: SimExchange, url: str) -> str:
+def _dialect_summary(sim: SimExchange, url: str, options: dict[str, Any]) -> str:
     symbols = ", ".join(sim.symbols)
     channels = "|".join(f'"{c}"' for c in CHANNELS)
+    rate = options.get("rate", _RATE)
+    credentials = options.get("credentials")
+    login = (
+        f"HMAC-SHA256 signed for {len(credentials)} key(s): signature = hex HMAC(secret, \"login\\n{{key}}\\n{{timestamp}}\\n{{nonce}}\")"
+        if credentials
+        else "any non-empty key"
+    )
+    extras = []
+    if options.get("lifetime") is not None:
+        extras.append(f"connections closed {options['lifetime']:g} s after opening")
+    low, high = options.get("response_delay", (0.0, 0.0))
+    if high > 0:
+        extras.append(f"order answers delayed {low:g}-{high:g} s (out of order)")
     return "\n".join(
         [
             f"simulated exchange serving {url} (127.0.0.1 only; any path is accepted)",
             'dialect: one JSON object per text frame; "id" is echoed as sent',
             f'  {{"op":"subscribe","channel":{channels},"symbols":["{sim.symbols[0]}"],"id":1}}'
             ' -> {"event":"subscribed",...,"id":1}, then data',
-            '  {"op":"unsubscribe",...}  {"op":"login","key":"...","signature":"..."}  {"op":"ping","id":2}',
-            f"  symbols: {symbols}; data: {_RATE:g} messages/s per subscribed (channel, symbol);"
-            " a bad request gets an error event (code 400/404)",
+            '  {"op":"unsubscribe",...}  {"op":"login","key":"...","timestamp":...,"nonce":"...","signature":"..."}'
+            '  {"op":"ping","id":2}',
+            f'  after login: channels "orders"|"fills" and {{"op":"place_order","symbol":...,"side":"buy","price":"1.00","size":"1"}};'
+            f" login: {login}",
+            f"  symbols: {symbols}; data: {rate:g} messages/s per (channel, symbol) stream, the same frames for every"
+            ' subscriber, "seq" exchange-wide; books: snapshot then deltas (prev_seq/seq, CRC32 checksum)',
+            "  a bad request gets an error event (code 400/401/404)" + "".join(f"; {e}" for e in extras),
             "Ctrl-C stops it",
         ]
     )
 
 
-async def _serve(port: int, duration: float | None) -> int:
-    async with SimExchange(rate=_RATE) as sim:
+async def _serve(port: int, duration: float | None, options: dict[str, Any]) -> int:
+    async with SimExchange(**{"rate": _RATE, **options}) as sim:
         try:
             bound = await sim.listen_tcp(port)
         except OSError as exc:
             print(f"wirestate sim: cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}", file=sys.stderr)
             return 1
-        print(_dialect_summary(sim, f"ws://127.0.0.1:{bound}/ws"), flush=True)
+        print(_dialect_summary(sim, f"ws://127.0.0.1:{bound}/ws", options), flush=True)
         with anyio.move_on_after(math.inf if duration is None else duration):
             await anyio.sleep_forever()
     return 0
 
 
-def run_sim(port: int, duration: float | None = None, backend: str = "asyncio") -> int:
+def run_sim(port: int, duration: float | None = None, backend: str = "asyncio", **options: Any) -> int:
     """Serve the simulated exchange on 127.0.0.1:``port`` (0: a free one) until Ctrl-C or ``duration``.
 
-    Prints the ``ws://`` URL and a summary of the dialect, then ``stopped`` at
-    the end. Returns the exit code: 0, also on Ctrl-C; 1 when the port cannot
-    be bound.
+    ``options`` go to :class:`~engine.sim.exchange.SimExchange` (``rate``,
+    ``seed``, ``symbols``, ``book_depth``, ``credentials``, ``lifetime``,
+    ``response_delay``, ...). Prints the ``ws://`` URL and a summary of the
+    dialect, then ``stopped`` at the end. Returns the exit code: 0, also on
+    Ctrl-C; 1 when the port cannot be bound.
     """
     try:
-        code = int(run_interruptible(_serve, port, duration, backend=backend))
+        code = int(run_interruptible(_serve, port, duration, options, backend=backend))
     except KeyboardInterrupt:
         code = 0
     if code == 0:
