@@ -6,19 +6,37 @@ when the request had none or could not be parsed).
 
 Client -> server, with the server's answer:
 
-- ``{"op":"subscribe","channel":"ticker"|"trades","symbols":["BTC-USD"],"id":7}``
-  -> ``{"event":"subscribed","channel":"ticker","symbols":["BTC-USD"],"id":7}``
+- ``{"op":"subscribe","channel":"ticker"|"trades"|"book","symbols":["BTC-USD"],"id":7}``
+  -> ``{"event":"subscribed","channel":"ticker","symbols":["BTC-USD"],"id":7}``;
+  the private channels ``"orders"`` and ``"fills"`` need a login first
+  (otherwise an error with code 401, :data:`UNAUTHORIZED`)
 - ``{"op":"unsubscribe", ...same fields}`` -> ``{"event":"unsubscribed", ...}``
   (unsubscribing from something not subscribed is acknowledged too)
-- ``{"op":"login","key":"...","signature":"...","id":1}``
-  -> ``{"event":"login","ok":true,"id":1}``; any non-empty ``key`` is accepted,
-  a missing or empty one gives ``"ok":false`` with a ``"message"``
+- ``{"op":"login","key":"...","timestamp":...,"nonce":"...","signature":"...","id":1}``
+  -> ``{"event":"login","ok":true,"id":1}`` or
+  ``{"event":"login","ok":false,"id":1,"code":401,"message":"invalid signature"}``.
+  With credentials configured (``SimExchange(credentials={key: secret})``)
+  ``signature`` is the lowercase hex HMAC-SHA256, keyed by the secret, of
+  ``"login\n{key}\n{timestamp}\n{nonce}"`` (``timestamp`` rendered by
+  Python's ``str()`` of the decoded JSON value, so send it as a string to be
+  safe; each nonce once per key; see :mod:`engine.sim.auth`, whose
+  ``sign_login`` computes it). Without credentials any non-empty ``key`` logs
+  in. The account is the key; a second login with another key is refused.
+- ``{"op":"place_order","symbol":"BTC-USD","side":"buy"|"sell","price":"50000.10","size":"0.5","client_order_id":"c1","id":9}``
+  (after a login; price up to 2 decimals, size up to 4, both positive decimal
+  strings) -> ``{"event":"order","ok":true,"id":9,"order_id":1,"client_order_id":"c1","status":"accepted"}``.
+  The answer may be late (``response_delay``: a seeded delay per answer, so
+  answers to back-to-back orders arrive out of order) and the order's first
+  ``orders`` update may arrive before it. Then the order fills (see
+  :mod:`engine.sim.orders`).
 - ``{"op":"ping","id":3}`` -> ``{"event":"pong","id":3}``
 - anything wrong -> ``{"event":"error","id":...,"code":...,"message":"..."}`` and
   the connection stays open: code 400 (:data:`BAD_REQUEST`) for invalid JSON, a
   non-object, an unknown ``op``, a missing/ill-typed field or a binary frame;
-  404 (:data:`NOT_FOUND`) for an unknown channel or symbol (the whole request is
-  refused, nothing changes).
+  401 (:data:`UNAUTHORIZED`) for private requests before a login; 404
+  (:data:`NOT_FOUND`) for an unknown channel or symbol (the whole request is
+  refused, nothing changes); a subscribe refused by the ``reject_subscribes``
+  fault gets the code it was given (503, :data:`REFUSED`, by default).
 
 Server -> client data, only for subscribed (channel, symbol) pairs:
 
@@ -44,6 +62,12 @@ Server -> client data, only for subscribed (channel, symbol) pairs:
   apply the deltas whose ``seq`` is greater). A snapshot is per connection;
   only deltas are exchange-wide (deduplicate on ``(channel, symbol, type, seq)``
   when you also keep snapshots).
+
+Private data, to every connection logged in with the account and subscribed
+to the (channel, symbol); ``seq`` counts per account and channel from 1:
+
+- ``{"channel":"orders","symbol":"BTC-USD","order_id":1,"client_order_id":"c1","side":"buy","price":"50000.10","size":"0.5","filled":"0.2500","status":"open"|"partially_filled"|"filled","ts":13.1,"seq":2}``
+- ``{"channel":"fills","symbol":"BTC-USD","order_id":1,"client_order_id":"c1","trade_id":7,"side":"buy","price":"50000.10","size":"0.2500","ts":13.1,"seq":1}``
 
 Prices and sizes are decimal strings; ``ts`` is the server's
 ``anyio.current_time()`` when the message was made.

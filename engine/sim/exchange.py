@@ -1,45 +1,51 @@
-"""A minimal in-process simulated exchange: a WebSocket server for tests and the demo.
+"""An in-process simulated exchange for your own tests, the demo and ``wirestate sim``.
 
-It serves the JSON dialect described in :mod:`engine.sim.dialect` (subscribe,
-unsubscribe, login, ping; ticker and trades data from a seeded random walk) over
-in-memory streams (:meth:`SimExchange.dialer`, for virtual clocks) or real
-sockets on 127.0.0.1 only (:meth:`SimExchange.listen_tcp`), and injects faults
-on command: :meth:`~SimExchange.drop`, :meth:`~SimExchange.stall` /
-:meth:`~SimExchange.resume`, :meth:`~SimExchange.close_all`,
-:meth:`~SimExchange.reject_next`, :meth:`~SimExchange.send_raw_next`.
+It serves the JSON dialect of :mod:`engine.sim.dialect` (the reference: every
+request, answer and data message with its fields) over in-memory streams
+(:meth:`SimExchange.dialer`, for virtual clocks) or real sockets on 127.0.0.1
+only (:meth:`SimExchange.listen_tcp`), to many connections at once. Everything
+is seeded (``seed``: prices, books, fills, answer delays) and timed by
+``anyio.current_time()``, so a test on virtual time is exact and repeats.
 
-Wire dialect in short (one JSON object per text frame; ``id`` echoed as sent):
+What it offers, in short:
 
-- ``{"op":"subscribe","channel":"ticker"|"trades","symbols":[...],"id":7}``
-  -> ``{"event":"subscribed","channel":...,"symbols":[...],"id":7}``;
-  ``"op":"unsubscribe"`` -> ``{"event":"unsubscribed",...}``
-- ``{"op":"login","key":"...","signature":"..."}`` -> ``{"event":"login","ok":true,"id":...}``
-  (``ok`` is false for a missing or empty key)
-- ``{"op":"ping","id":N}`` -> ``{"event":"pong","id":N}``
-- bad JSON, unknown op or missing field -> ``{"event":"error","id":...,"code":400,"message":...}``;
-  unknown channel or symbol -> the same with ``"code":404``; the connection stays open
-- data, per subscribed (channel, symbol), ``rate`` per second:
-  ``{"channel":"ticker","symbol":"BTC-USD","bid":"...","ask":"...","seq":N,"ts":T}`` and
-  ``{"channel":"trades","symbol":...,"price":"...","size":"...","side":"buy"|"sell","seq":N,"ts":T}``;
-  prices are decimal strings, ``ts`` is ``anyio.current_time()`` on the server.
-  Data is exchange-wide: each message is made once and the same text goes to
-  every subscribed connection; ``seq`` numbers one (channel, symbol) stream
-  exchange-wide (``(channel, symbol, seq)`` identifies a message across
-  connections; :meth:`SimExchange.stream_seq` gives the latest). The first
-  message of an idle stream follows the ``subscribed`` ack at once.
+- public data, exchange-wide (:mod:`engine.sim.feed`): ``ticker``, ``trades``
+  and full-depth ``book`` streams per symbol, each message made once and sent
+  byte-identical to every subscriber; ``(channel, symbol, seq)`` identifies a
+  message across connections; books come as a snapshot on subscribe, then
+  deltas with ``prev_seq``/``seq`` and an OKX-style CRC32 ``checksum``;
+  :meth:`SimExchange.book_snapshot` is the REST-like snapshot;
+- login signed with HMAC-SHA256 (``credentials``; :mod:`engine.sim.auth`),
+  private ``orders`` and ``fills`` channels, ``place_order`` answered after a
+  seeded delay (``response_delay``: answers out of order);
+- fault controls, now or scripted on the sim's clock (:meth:`call_later`,
+  :meth:`call_at`), for every connection or the one at ``index`` (accept
+  order among the open ones):
 
-Faults: ``drop`` resets (no close frame); ``stall`` freezes sending on the
-current connections (data missed and counted, never re-sent; pings unanswered;
-replies held until ``resume``);
-``close_all`` sends a close frame and waits a bounded time for the reply;
-``reject_next`` answers the next handshake with an HTTP status.
+  ====================================  ==================================================
+  handshake refused                     :meth:`reject_next` (429/503 with ``retry_after``, 401, ...)
+  close frame with a code               :meth:`close_all`, :meth:`close_one` (1001, 1008, 1011, 4000-4999)
+  abrupt close (client sees 1006)       :meth:`drop`, :meth:`drop_one` (reset, no close frame)
+  half-open                             :meth:`half_open` (nothing flows either way) until :meth:`resume`
+  stall                                 :meth:`stall`, :meth:`stall_one` until :meth:`resume`
+  subscribe / login rejected            :meth:`reject_subscribes`, :meth:`reject_logins`
+  duplicate / out-of-order answers      :meth:`duplicate_responses`, :meth:`set_response_delay`
+  sequence gap / bad checksum in a book :meth:`skip_book`, :meth:`corrupt_book`
+  malformed JSON / oversize message     :meth:`send_malformed`, :meth:`send_oversize`, :meth:`send_text`
+  raw bytes                             :meth:`send_raw`, :meth:`send_raw_next` (right after the 101)
+  server ping storm                     :meth:`ping_storm`
+  connection lifetime                   ``lifetime=`` / :meth:`set_lifetime` (close N s after the handshake)
+  ====================================  ==================================================
+
+- a server-side log: :attr:`transcripts` (every frame in and out of every
+  connection, with direction and time; :mod:`engine.sim.wirelog`), the older
+  :attr:`log` (what each client sent), :meth:`stats`, :attr:`subscriptions`,
+  :attr:`private_subscriptions`, :attr:`accounts`, :meth:`stream_seq`.
 
 Protocol-level pings are answered with pongs (not while stalled); a client's
 close frame is answered with the same code, then the server closes the stream.
-
-Only anyio is used (never asyncio or trio directly) and time is always
-``anyio.current_time()``, so the sim runs on virtual clocks (looptime, trio's
-MockClock) as well as on the real one.
+Only anyio is used (never asyncio or trio directly), so the sim runs on
+virtual clocks (looptime, trio's MockClock) as well as on the real one.
 """
 
 from __future__ import annotations
