@@ -273,6 +273,10 @@ async def test_transcripts_are_bounded() -> None:
             await client.collect(1.0)
             transcript = sim.transcripts[0]
             assert len(transcript) == 10 and transcript.forgotten > 40
+            sim.transcript_connections = 2
+            await connect(sim)
+            await connect(sim)  # the third connection: the first one's transcript is emptied
+            assert [len(t) for t in sim.transcripts] == [0, 1, 1] and transcript.forgotten > 50
 
 
 def test_control_argument_checks() -> None:

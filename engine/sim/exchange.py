@@ -109,7 +109,7 @@ class SimStats:
     connections: int  # open client connections (handshake accepted, not ended)
     accepted: int  # handshakes accepted so far
     rejected: int  # handshakes answered by a reject_next() status
-    data_messages: int  # ticker/trades messages written, over all connections
+    data_messages: int  # data messages (public and private) written, over all connections
     made: int = 0  # data messages made by the exchange-wide feed (each once, however many subscribers)
     missed: int = 0  # data messages connections missed while stalled (never re-sent), or dropped as too far behind
     orders: int = 0  # orders accepted
@@ -128,14 +128,28 @@ class SimExchange:
             ...
             sim.drop()                                       # every client sees a reset
 
-    ``rate`` is the number of data messages per second of each (channel,
-    symbol) stream while anybody is subscribed to it (0 means no data).
-    ``symbols`` are the known symbols. ``seed`` makes prices reproducible: the
-    same subscribe/unsubscribe history gives the same messages.
+    Options (all keyword-only):
+
+    - ``rate``: data messages per second of each (channel, symbol) stream
+      while anybody is subscribed to it (0 means no data);
+    - ``symbols``: the known symbols;
+    - ``seed``: every random draw (prices, books, fills, answer delays): the
+      same seed and the same client behaviour give the same bytes;
+    - ``book_depth``: levels per side of each order book (it wanders between
+      half of it and 1.2 times it);
+    - ``credentials``: API key -> secret; when given, logins must be signed
+      (:mod:`engine.sim.auth`); ``login_window``: allowed timestamp skew, s;
+    - ``response_delay``: (low, high) seconds each ``place_order`` answer waits
+      (a seeded draw per answer), so answers overtake each other;
+    - ``lifetime`` / ``lifetime_code``: close each connection that many seconds
+      after its handshake with that code (:meth:`set_lifetime`);
+    - ``log_limit``: entries each connection's transcript keeps.
     """
 
-    #: Seconds :meth:`close_all` waits for clients to answer the close frame.
+    #: Seconds :meth:`close_all` (and a lifetime close) waits for clients to answer the close frame.
     close_timeout: float = 2.0
+    #: How many of the newest connections keep their :attr:`transcripts`.
+    transcript_connections: int = 1_000
 
     def __init__(
         self,
@@ -149,7 +163,7 @@ class SimExchange:
         response_delay: tuple[float, float] = (0.0, 0.0),
         lifetime: float | None = None,
         lifetime_code: int = 1001,
-        log_limit: int = 10_000,
+        log_limit: int = 1_000,
     ) -> None:
         Schedule(rate)  # validates the rate
         if isinstance(symbols, str) or not symbols or not all(isinstance(s, str) and s for s in symbols):
@@ -184,6 +198,8 @@ class SimExchange:
         self._live: list[Session] = []
         # every accepted session, in order (the server-side log; bounded for long runs)
         self._sessions: deque[Session] = deque(maxlen=10_000)
+        self._transcribed: deque[Session] = deque()  # the newest transcript_connections keep their transcripts
+        self._ended_faults = 0
         self._rejections: deque[Rejection] = deque()
         self._raw: deque[bytes] = deque()
         self._accepted = 0
@@ -271,6 +287,9 @@ class SimExchange:
         self._venue.close_timeout = self.close_timeout
         self._live.append(session)
         self._sessions.append(session)
+        self._transcribed.append(session)
+        if len(self._transcribed) > self.transcript_connections:
+            self._transcribed.popleft().transcript.clear()  # bounded memory on long runs
         self._notify()
         rng = random.Random(self._rng.getrandbits(64))
         return Acceptance(rng, self._raw.popleft() if self._raw else b"")
@@ -278,6 +297,7 @@ class SimExchange:
     def _ended(self, session: Session) -> None:
         self._ended_data += session.data_sent
         self._ended_missed += session.missed + session.overflowed
+        self._ended_faults += session.book_faults
         if session in self._live:
             self._live.remove(session)
             self._notify()
@@ -488,7 +508,10 @@ class SimExchange:
     def transcripts(self) -> list[Transcript]:
         """Every accepted connection's log of frames in and out, in accept order (see :mod:`engine.sim.wirelog`).
 
-        Kept for the newest 10,000 connections, each bounded by ``log_limit`` entries.
+        Each keeps its newest ``log_limit`` entries; only the newest
+        :attr:`transcript_connections` connections keep theirs (older ones are
+        emptied, their entries counted in ``forgotten``), so a long run stays
+        bounded.
         """
         return [session.transcript for session in self._sessions]
 
@@ -545,7 +568,7 @@ class SimExchange:
             missed,
             self._desk.orders,
             self._desk.fills,
-            self._venue.faults.fired + sum(session.book_faults for session in self._sessions),
+            self._venue.faults.fired + self._ended_faults + sum(session.book_faults for session in self._live),
         )
 
     def book_snapshot(self, symbol: str, depth: int | None = None) -> dict[str, Any]:

@@ -38,7 +38,7 @@ class Venue:
     #: Seconds an order answer waits, drawn uniformly per answer from the connection's seeded generator.
     response_delay: tuple[float, float] = (0.0, 0.0)
     #: Entries each connection's transcript keeps.
-    log_limit: int = 10_000
+    log_limit: int = 1_000
     #: Seconds after which the exchange closes each connection (None: never), and the close code.
     lifetime: float | None = None
     lifetime_code: int = 1001

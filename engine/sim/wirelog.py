@@ -73,6 +73,11 @@ class Transcript:
             self.forgotten += 1
         self._entries.append(Entry(time, direction, kind, data))
 
+    def clear(self) -> None:
+        """Forget every entry (counted in :attr:`forgotten`)."""
+        self.forgotten += len(self._entries)
+        self._entries.clear()
+
     def __iter__(self) -> Iterator[Entry]:
         return iter(self._entries)
 
