@@ -9,7 +9,10 @@ routes events to it. It holds at most ``capacity`` data events; when full, its
   reader that filled a ``block`` stream waits (:meth:`Stream.wait_space`)
   before it reads again, so the buffer overshoots by at most one read. The
   wait does not count as the peer's silence (the reader resets its traffic
-  deadline after it).
+  deadline after it). Every connection that filled the stream pauses (under a
+  manager, all that feed it), and a paused connection answers nothing: an
+  exchange that pings and expects a pong within its own timeout will drop a
+  connection whose consumer stalls longer than that.
 - ``drop_oldest``: the oldest queued event makes room (counted ``dropped``).
 - ``conflate``: an event replaces the queued one with the same key (latest
   ticker per symbol; counted ``conflated``); events without a key, or a full
