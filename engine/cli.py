@@ -201,6 +201,29 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ws_url(text: str) -> str:
+    """An argparse ``type``: a ws:// or wss:// URL."""
+    from transports.base import InvalidURL, parse_url
+
+    try:
+        parse_url(text)
+    except InvalidURL as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _record(args: argparse.Namespace) -> int:
+    from engine.recording import run_record
+
+    return run_record(args.out, url=args.url, duration=args.duration)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from engine.recording import run_replay
+
+    return run_replay(args.file, strict=args.strict)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = _Parser(prog="wirestate", description="Keeps exchange WebSocket streams alive.")
@@ -236,6 +259,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     check.add_argument("file", metavar="FILE", help="the setup file: [exchange] and [[connections]] tables")
     check.set_defaults(run=_check_config)
+
+    record = commands.add_parser(
+        "record", help="record a session (the embedded simulated exchange, in memory) to a JSONL file, secrets redacted"
+    )
+    record.add_argument("--out", required=True, metavar="FILE", help="the recording to write")
+    record.add_argument("--duration", type=_seconds(0.0), default=5.0, help="seconds to record (default 5)")
+    record.add_argument(
+        "url", nargs="?", type=_ws_url, default=None,
+        help="a server speaking the simulator's dialect, e.g. a `wirestate sim` on 127.0.0.1 (default: the embedded one)",
+    )  # fmt: skip
+    record.set_defaults(run=_record)
+
+    replay = commands.add_parser("replay", help="play a recording to a fresh connection, print its state changes and messages")
+    replay.add_argument("file", metavar="FILE", help="a recording made by `wirestate record` or transports.record.Recorder")
+    replay.add_argument("--strict", action="store_true", help="compare what the client sends with the recording (exit 1 on a difference)")
+    replay.set_defaults(run=_replay)
 
     args = parser.parse_args(argv)
     return int(args.run(args))
