@@ -156,7 +156,7 @@ def test_redaction_rules() -> None:
 
 def test_cli_records_the_embedded_sim_and_replays_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "cli.jsonl"
-    assert main(["record", "--out", str(path), "--duration", "0.6"]) == 0
+    assert main(["record", "--out", str(path), "--duration", "0.3"]) == 0
     recorded = capsys.readouterr().out
     assert "sim: subscribing -> live on subscribed" in recorded
     assert f"to {path}" in recorded

@@ -15,7 +15,10 @@ import looptime
 import pytest
 import trio.testing
 
-from recordings import run_session, sim
+from engine import Backoff, Connection, ConnectionSetup, State
+from engine.sim import SimExchange
+from recordings import run_session, serialize_change, sim, subscribe
+from transports.base import URL, ByteStream, Dialer
 from transports.record import Recorder
 from transports.replay import Recording, RecordingError, Replayer
 
@@ -140,3 +143,52 @@ if sys.version_info >= (3, 12):
 
         replayed = anyio.run(replay, text, backend="asyncio", backend_options={"loop_factory": eager})[0]
         assert replayed == recorded
+
+
+async def refused_then_rejected(dialer: Dialer, exchange: SimExchange | None) -> list[str]:
+    """A first dial refused, a second answered 429 with Retry-After, the third one goes live."""
+    t0 = anyio.current_time()
+    out: list[str] = []
+    changes: list[str] = []  # (apart from the messages: see tests/recordings.py)
+    if exchange is not None:
+        exchange.reject_next(429, [("Retry-After", "2")], b"slow down")
+    setup = ConnectionSetup(
+        url="ws://sim.test/ws",
+        handler=lambda conn, message: out.append(f"{anyio.current_time() - t0:.6f} {message!r}"),
+        subscriber=subscribe,
+        generate_subscriptions=lambda: [("ticker", ["BTC-USD"])],
+        backoff=Backoff(initial=1.0, maximum=8.0, jitter=False),
+        on_state_change=lambda event: changes.append(serialize_change(event, t0)),
+    )
+    async with Connection(setup, dialer=dialer, id="public") as conn:
+        await conn.wait_for(State.LIVE)
+        await anyio.sleep(1)
+    return [*changes, "--", *out]
+
+
+def refusing_once(dialer: Dialer) -> Dialer:
+    calls = [0]
+
+    async def dial(url: URL) -> ByteStream:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise ConnectionRefusedError("refused (test)")
+        return await dialer(url)
+
+    return dial
+
+
+@pytest.mark.anyio
+async def test_refused_dials_and_rejected_handshakes_replay_the_same() -> None:
+    buffer = io.StringIO()
+    with anyio.fail_after(BOUND):
+        async with sim() as exchange:
+            recorder = Recorder(buffer, connection="public")
+            recorded = await refused_then_rejected(recorder.wrap(refusing_once(exchange.dialer())), exchange)
+        replayer = Replayer(Recording.parse(buffer.getvalue().splitlines()), strict=True)
+        replayed = await refused_then_rejected(replayer.dialer("public"), None)
+    text = "\n".join(recorded)
+    assert "dial failed: ConnectionRefusedError: refused (test)" in text
+    assert "handshake rejected with HTTP 429, Retry-After 2 s" in text
+    assert "\n".join(replayed) == text
+    assert replayer.mismatches == [] and replayer.dialed == 3

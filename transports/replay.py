@@ -350,10 +350,11 @@ class ReplayStream(ByteStream):
             reads = self._session.reads
             if self._index >= len(reads):
                 end = self._session.end
-                if end is None or self._ended:
+                if end is None:
                     await anyio.sleep_forever()  # the client closed first in the recording
                     raise AssertionError("unreachable")  # pragma: no cover
-                await self._wait(end)
+                if not self._ended:
+                    await self._wait(end)
                 self._ended = True
                 raise _end_error(end.lines[0])
             read = reads[self._index]
