@@ -246,12 +246,20 @@ class FaultStats:
 class Schedule:
     """Base of :class:`Scripted` and :class:`Seeded`: what each dial gets, and what happened."""
 
+    #: how many of :attr:`fired` and :attr:`stats` are kept (the newest), so long runs stay bounded
+    keep = 10_000
+
     def __init__(self) -> None:
         self._dials = 0
-        #: every fault that took effect, in order
-        self.fired: list[Fired] = []
-        #: one per dial, in dial order
-        self.stats: list[FaultStats] = []
+        #: the faults that took effect, in order (the newest :attr:`keep`)
+        self.fired: deque[Fired] = deque(maxlen=self.keep)
+        #: one per dial, in dial order (the newest :attr:`keep`; ``FaultStats.dial`` says which)
+        self.stats: deque[FaultStats] = deque(maxlen=self.keep)
+
+    @property
+    def dials(self) -> int:
+        """Streams opened so far."""
+        return self._dials
 
     @property
     def may_split_writes(self) -> bool:
