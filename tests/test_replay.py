@@ -19,6 +19,7 @@ from engine import Backoff, Connection, ConnectionSetup, State
 from engine.sim import SimExchange
 from recordings import run_session, serialize_change, sim, subscribe
 from transports.base import URL, ByteStream, Dialer
+from transports.faults import At, HalfOpen, Reset, Scripted, SlowReader, Split, Stall, Step, wrap
 from transports.record import Recorder
 from transports.replay import Recording, RecordingError, Replayer
 
@@ -192,3 +193,43 @@ async def test_refused_dials_and_rejected_handshakes_replay_the_same() -> None:
     assert "handshake rejected with HTTP 429, Retry-After 2 s" in text
     assert "\n".join(replayed) == text
     assert replayer.mismatches == [] and replayer.dialed == 3
+
+
+async def faulty_session(dialer: Dialer) -> list[str]:
+    t0 = anyio.current_time()
+    out: list[str] = []
+    changes: list[str] = []
+    setup = ConnectionSetup(
+        url="ws://sim.test/ws",
+        handler=lambda conn, message: out.append(f"{anyio.current_time() - t0:.6f} {message!r}"),
+        subscriber=subscribe,
+        generate_subscriptions=lambda: [("ticker", ["BTC-USD"]), ("trades", ["ETH-USD"])],
+        traffic_timeout=10.0,
+        pong_timeout=3.0,
+        backoff=Backoff(initial=1.0, maximum=8.0, jitter=False),
+        on_state_change=lambda event: changes.append(serialize_change(event, t0)),
+    )
+    async with Connection(setup, dialer=dialer, id="faulty"):
+        await anyio.sleep(25)
+    return [*changes, "--", *out]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "fault",
+    [Reset(), HalfOpen(), Stall(11.0), Split(random=True), SlowReader(max_bytes=16, delay=0.002)],
+    ids=lambda fault: type(fault).__name__,
+)
+async def test_a_session_recorded_through_a_fault_replays_without_it(fault: object) -> None:
+    """The recorder sees what the client saw (the fault inside it); the replay alone gives the same run."""
+    buffer = io.StringIO()
+    schedule = Scripted([Step(At(2.0), fault)])  # type: ignore[arg-type]
+    with anyio.fail_after(BOUND):
+        async with sim() as exchange:
+            recorder = Recorder(buffer, connection="faulty")
+            recorded = await faulty_session(recorder.wrap(wrap(exchange.dialer(), schedule)))
+        replayer = Replayer(Recording.parse(buffer.getvalue().splitlines()))
+        replayed = await faulty_session(replayer.dialer())
+    assert len(schedule.fired) == 1
+    assert "\n".join(replayed) == "\n".join(recorded)
+    assert replayer.mismatches == []
