@@ -215,13 +215,13 @@ def _ws_url(text: str) -> str:
 def _record(args: argparse.Namespace) -> int:
     from engine.recording import run_record
 
-    return run_record(args.out, url=args.url, duration=args.duration)
+    return run_record(args.out, url=args.url, duration=args.duration, drop_at=args.drop_at, virtual=args.virtual)
 
 
 def _replay(args: argparse.Namespace) -> int:
     from engine.recording import run_replay
 
-    return run_replay(args.file, strict=args.strict)
+    return run_replay(args.file, strict=args.strict, virtual=args.virtual)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -265,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     record.add_argument("--out", required=True, metavar="FILE", help="the recording to write")
     record.add_argument("--duration", type=_seconds(0.0), default=5.0, help="seconds to record (default 5)")
+    record.add_argument("--drop-at", type=_seconds(0.0), default=None, help="reset the connection from the sim's side after this many seconds")
+    record.add_argument("--virtual", action="store_true", help="on a virtual clock (needs trio): a recorded hour takes moments")
     record.add_argument(
         "url", nargs="?", type=_ws_url, default=None,
         help="a server speaking the simulator's dialect, e.g. a `wirestate sim` on 127.0.0.1 (default: the embedded one)",
@@ -274,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay = commands.add_parser("replay", help="play a recording to a fresh connection, print its state changes and messages")
     replay.add_argument("file", metavar="FILE", help="a recording made by `wirestate record` or transports.record.Recorder")
     replay.add_argument("--strict", action="store_true", help="compare what the client sends with the recording (exit 1 on a difference)")
+    replay.add_argument("--virtual", action="store_true", help="on a virtual clock (needs trio): no waiting for the recorded pace")
     replay.set_defaults(run=_replay)
 
     args = parser.parse_args(argv)

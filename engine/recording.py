@@ -4,15 +4,20 @@
 simulator's dialect) against the embedded simulated exchange over the
 in-memory transport (or against ``url``, e.g. a ``wirestate sim`` on
 127.0.0.1) for ``duration`` seconds and writes every frame through
-:class:`transports.record.Recorder`. ``replay`` plays a recording to a fresh
+:class:`transports.record.Recorder`; ``drop_at`` resets the connection from
+the sim's side once (a reconnect to record). ``replay`` plays a recording to a fresh
 Connection per recorded connection with :class:`transports.replay.Replayer`,
 at the recorded pace, and prints each state change and message; it closes
 each connection when the recorded client closed.
+
+``virtual=True`` runs either on trio's ``MockClock`` (nothing but the
+embedded sim and the replay, no sockets): a recorded hour takes moments.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -59,7 +64,7 @@ def _setup(url: str, name: str, out: TextIO, start: list[float]) -> ConnectionSe
     )
 
 
-async def _record(path: Path, url: str | None, duration: float, out: TextIO) -> int:
+async def _record(path: Path, url: str | None, duration: float, drop_at: float | None, out: TextIO) -> int:
     from transports.record import Recorder
 
     start = [anyio.current_time()]
@@ -68,7 +73,12 @@ async def _record(path: Path, url: str | None, duration: float, out: TextIO) -> 
         setup = _setup(url or _EMBEDDED_URL, "sim", out, start)
         if url is None:
             async with SimExchange(rate=4.0) as sim, Connection(setup, dialer=recorder.wrap(sim.dialer())) as conn:
-                await anyio.sleep(duration)
+                if drop_at is not None and drop_at < duration:
+                    await anyio.sleep(drop_at)
+                    sim.drop()
+                    await anyio.sleep(duration - drop_at)
+                else:
+                    await anyio.sleep(duration)
         else:
             from engine.dialing import default_dialer
 
@@ -78,20 +88,52 @@ async def _record(path: Path, url: str | None, duration: float, out: TextIO) -> 
     return 0
 
 
-def run_record(path: str, *, url: str | None = None, duration: float = 5.0, out: TextIO | None = None) -> int:
-    """``wirestate record``: returns the exit code (2 when ``path`` cannot be written)."""
+def run_record(
+    path: str,
+    *,
+    url: str | None = None,
+    duration: float = 5.0,
+    drop_at: float | None = None,
+    virtual: bool = False,
+    out: TextIO | None = None,
+) -> int:
+    """``wirestate record``: returns the exit code (2 when ``path`` cannot be written or the options clash)."""
     target = Path(path)
     if target.is_dir():
-        print(f"wirestate record: error: {path} is a directory", file=sys.stderr)
-        return 2
+        return _fail("record", f"{path} is a directory")
     if not target.parent.exists():
-        print(f"wirestate record: error: no folder {target.parent} for {target.name}", file=sys.stderr)
+        return _fail("record", f"no folder {target.parent} for {target.name}")
+    if url is not None and (virtual or drop_at is not None):
+        return _fail("record", "--virtual and --drop-at need the embedded simulator (no URL)")
+    run = _runner("record", virtual)
+    if run is None:
         return 2
     try:
-        return int(anyio.run(_record, target, url, duration, out or sys.stdout))
+        return int(run(_record, target, url, duration, drop_at, out or sys.stdout))
     except OSError as exc:
-        print(f"wirestate record: error: {path}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return _fail("record", f"{path}: {exc.strerror or exc}")
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"wirestate {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _runner(command: str, virtual: bool) -> Callable[..., Any] | None:
+    """``anyio.run`` on asyncio, or on trio with a virtual clock; None (after an error line) without trio."""
+    if not virtual:
+        return anyio.run
+    try:
+        import trio.testing
+    except ImportError:
+        _fail(command, "--virtual needs trio: pip install trio")
+        return None
+
+    def run(func: Callable[..., Any], *args: Any) -> Any:
+        clock = trio.testing.MockClock(autojump_threshold=0)
+        return anyio.run(func, *args, backend="trio", backend_options={"clock": clock})
+
+    return run
 
 
 async def _replay(recording: Recording, strict: bool, out: TextIO) -> int:
@@ -125,14 +167,15 @@ async def _replay_one(
         await anyio.sleep_until(start[0] + (stop - first_dial))
 
 
-def run_replay(path: str, *, strict: bool = False, out: TextIO | None = None) -> int:
+def run_replay(path: str, *, strict: bool = False, virtual: bool = False, out: TextIO | None = None) -> int:
     """``wirestate replay``: returns the exit code (2 for a missing or bad file, 1 for strict mismatches)."""
     try:
         recording = Recording.load(path)
     except RecordingError as exc:
-        print(f"wirestate replay: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail("replay", str(exc))
     if not recording.sessions:
-        print(f"wirestate replay: error: {path}: the recording has no sessions", file=sys.stderr)
+        return _fail("replay", f"{path}: the recording has no sessions")
+    run = _runner("replay", virtual)
+    if run is None:
         return 2
-    return int(anyio.run(_replay, recording, strict, out or sys.stdout))
+    return int(run(_replay, recording, strict, out or sys.stdout))

@@ -170,6 +170,19 @@ def test_cli_records_the_embedded_sim_and_replays_it(tmp_path: Path, capsys: pyt
     assert messages and all(m in replayed for m in messages)
 
 
+def test_cli_on_a_virtual_clock_replays_exactly_what_it_recorded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A virtual minute with a drop at 20 s: recorded in moments, replayed line for line."""
+    path = tmp_path / "virtual.jsonl"
+    assert main(["record", "--out", str(path), "--duration", "60", "--drop-at", "20", "--virtual"]) == 0
+    recorded = capsys.readouterr().out.splitlines()
+    assert recorded[-1].startswith("recorded ") and "2 session(s)" in recorded[-1]
+    assert "[   20.000] sim: live -> reconnecting on lost" in "\n".join(recorded)
+    assert main(["replay", str(path), "--strict", "--virtual"]) == 0
+    replayed = capsys.readouterr().out.splitlines()
+    assert replayed == recorded[:-1]
+    assert sum('"channel":"ticker"' in line for line in replayed) >= 230  # 4/s for 60 s, less the reconnect
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
@@ -199,3 +212,5 @@ def test_cli_record_refuses_bad_arguments(tmp_path: Path, capsys: pytest.Capture
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "scheme must be ws or wss" in err and err.count("\n") == 1
+    assert main(["record", "--out", str(tmp_path / "x.jsonl"), "--virtual", "ws://127.0.0.1:1/ws"]) == 2
+    assert "need the embedded simulator" in capsys.readouterr().err
