@@ -33,6 +33,7 @@ from engine.sim import dialect
 from engine.sim.book import SimBook
 from engine.sim.market import Market
 from engine.sim.schedule import Schedule
+from transports.encode import OP_TEXT, encode_frame
 
 __all__ = ["Feed", "Subscriber"]
 
@@ -40,14 +41,18 @@ __all__ = ["Feed", "Subscriber"]
 class Subscriber(Protocol):
     """What the feed needs of a connection: take one data message's text, now."""
 
-    def deliver(self, channel: str, symbol: str, text: str) -> None:
-        """Queue ``text`` for writing (or drop and count it); never blocks."""
+    def deliver(self, channel: str, symbol: str, text: str, frame: bytes | None = None) -> None:
+        """Queue ``text`` for writing (or drop and count it); never blocks.
+
+        ``frame`` is ``text`` already encoded as an unmasked WebSocket text
+        frame (made once for every subscriber); None: the connection encodes.
+        """
 
 
 @dataclass(slots=True)
 class _Stream:
     seq: int = 0  # the last number given out
-    last: str | None = None  # the latest message's text
+    last: tuple[str, bytes] | None = None  # the latest message's text and frame
     # dict as an ordered set: broadcast order is subscribe order (deterministic)
     subscribers: dict[Subscriber, None] = field(default_factory=dict)
 
@@ -131,7 +136,7 @@ class Feed:
             self._schedule.add(channel, symbol, now)  # due at once
             self._notify()
         elif channel == "ticker" and stream.last is not None:
-            subscriber.deliver(channel, symbol, stream.last)
+            subscriber.deliver(channel, symbol, *stream.last)
 
     def unsubscribe(self, channel: str, symbol: str, subscriber: Subscriber) -> None:
         """Remove ``subscriber``; the stream stops when nobody is left."""
@@ -160,9 +165,10 @@ class Feed:
             stream = self._streams[(due.channel, due.symbol)]
             stream.seq += 1
             text = dialect.encode(self._makers[due.channel](self, due.symbol, stream.seq, now))
-            stream.last = text
+            frame = encode_frame(OP_TEXT, text.encode(), mask=False)  # the same bytes for everyone
+            stream.last = (text, frame)
             for subscriber in stream.subscribers:
-                subscriber.deliver(due.channel, due.symbol, text)
+                subscriber.deliver(due.channel, due.symbol, text, frame)
             made += 1
         self.made += made
         return made

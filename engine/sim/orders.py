@@ -26,6 +26,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from engine.sim import dialect
+from transports.encode import OP_TEXT, encode_frame
 
 __all__ = ["Desk", "PrivateSubscriber"]
 
@@ -35,8 +36,8 @@ _UNITS = 10_000  # sizes have four decimals
 class PrivateSubscriber(Protocol):
     """A connection that takes private messages."""
 
-    def deliver(self, channel: str, symbol: str, text: str) -> None:
-        """Queue ``text`` for writing (or drop and count it); never blocks."""
+    def deliver(self, channel: str, symbol: str, text: str, frame: bytes | None = None) -> None:
+        """Queue ``text`` (or its ready ``frame``) for writing, or drop and count it; never blocks."""
 
 
 @dataclass(slots=True)
@@ -83,8 +84,9 @@ class Desk:
         state = self._account(account)
         seq = state.seq[channel] = state.seq.get(channel, 0) + 1
         text = dialect.encode({**message, "seq": seq})
+        frame = encode_frame(OP_TEXT, text.encode(), mask=False)
         for subscriber in list(state.subscribers.get((channel, symbol), ())):
-            subscriber.deliver(channel, symbol, text)
+            subscriber.deliver(channel, symbol, text, frame)
 
     def place(self, account: str, order: dialect.PlaceOrder, now: float) -> dict[str, Any]:
         """Accept ``order``; returns its ``order`` answer; updates and fills follow on the private channels."""

@@ -57,8 +57,8 @@ class Replier(Protocol):
     def reply_later(self, message: dict[str, Any], delay: float) -> None:
         """Write one answer after ``delay`` seconds (in the connection's task group)."""
 
-    def deliver(self, channel: str, symbol: str, text: str) -> None:
-        """Take one data message (public or private)."""
+    def deliver(self, channel: str, symbol: str, text: str, frame: bytes | None = None) -> None:
+        """Take one data message (public or private), with its ready frame if there is one."""
 
 
 class Service:

@@ -61,6 +61,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 from engine.sim import dialect
 from engine.sim.service import Service, Venue
 from engine.sim.wirelog import Transcript, redact
+from transports.encode import OP_TEXT, encode_frame
 
 __all__ = ["Acceptance", "Admission", "Rejection", "Session"]
 
@@ -156,10 +157,10 @@ class Session:
         self._on_end = on_end
         self._ws = WSConnection(ConnectionType.SERVER)
         self._service = Service(venue, self)
-        self._outbox: list[str] = []  # data texts from the feed or the desk, not yet written
+        self._outbox: list[tuple[str, bytes]] = []  # data (text, frame) from the feed or the desk, not yet written
         self._scope = anyio.CancelScope()
         self._tg: anyio.abc.TaskGroup | None = None
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)  # no checkpoint when free: a write per data message
         self._wake = anyio.Event()
         self._hearing = anyio.Event()  # set while the reader may read (cleared by half_open)
         self._hearing.set()
@@ -317,8 +318,11 @@ class Session:
         await anyio.sleep(delay)
         await self.reply(message)
 
-    def deliver(self, channel: str, symbol: str, text: str) -> None:
+    def deliver(self, channel: str, symbol: str, text: str, frame: bytes | None = None) -> None:
         """Take one data message (feed or desk); the writer sends it soon (never blocks).
+
+        ``frame`` is the message's ready (unmasked, unfragmented) text frame,
+        shared by every subscriber; without it the frame is made here.
 
         While stalled the message is missed (counted in :attr:`missed`); with
         :data:`MAX_OUTBOX` messages already waiting it is dropped (counted in
@@ -331,11 +335,12 @@ class Session:
             text_or_none = self._book_fault(symbol, text)
             if text_or_none is None:
                 return
-            text = text_or_none
+            if text_or_none is not text:
+                text, frame = text_or_none, None
         if len(self._outbox) >= MAX_OUTBOX:
             self.overflowed += 1
         else:
-            self._outbox.append(text)
+            self._outbox.append((text, encode_frame(OP_TEXT, text.encode(), mask=False) if frame is None else frame))
             if len(self._outbox) == 1:
                 self._notify()
 
@@ -522,6 +527,8 @@ class Session:
         before an answer is written before it (no data after an unsubscribe's
         ack).
         """
+        if not events and not self._outbox and not self._held:
+            return _Outcome.SENT  # nothing to flush: no lock, no checkpoint
         async with self._lock:
             if self._stalled and stalled is _Stalled.DROP:
                 return _Outcome.DROPPED
@@ -538,8 +545,9 @@ class Session:
                 return _Outcome.HELD
             outbox, self._outbox = self._outbox, []
             if outbox and self._ws.state is ConnectionState.OPEN:
-                chunks[:0] = [self._ws.send(wse.TextMessage(data=text)) for text in outbox]
-                entries[:0] = [("text", text) for text in outbox]
+                # Data frames skip wsproto: whole unmasked messages need no protocol state.
+                chunks[:0] = [frame for _, frame in outbox]
+                entries[:0] = [("text", text) for text, _ in outbox]
             else:
                 self.missed += len(outbox)
                 outbox = []
