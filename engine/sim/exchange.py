@@ -42,6 +42,16 @@ What it offers, in short:
   :attr:`log` (what each client sent), :meth:`stats`, :attr:`subscriptions`,
   :attr:`private_subscriptions`, :attr:`accounts`, :meth:`stream_seq`.
 
+In a test of your own (tests/test_sim_usage.py is a complete one)::
+
+    async with SimExchange(seed=5, credentials={"k": "s"}, response_delay=(0, 2)) as sim:
+        async with Connection(setup, dialer=sim.dialer()) as conn:   # memory: virtual time
+            await conn.wait_for(State.LIVE)
+            sim.call_later(10, sim.skip_book, "BTC-USD")   # a gap in 10 s...
+            sim.call_later(20, sim.close_all, 1011)         # ...a server restart in 20
+            ...
+        assert [e for e in sim.transcripts[0] if e.direction == "in"]   # what the client sent, when
+
 Protocol-level pings are answered with pongs (not while stalled); a client's
 close frame is answered with the same code, then the server closes the stream.
 Only anyio is used (never asyncio or trio directly), so the sim runs on
