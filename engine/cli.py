@@ -6,6 +6,7 @@ A bad argument is one ``error:`` line on stderr and exit code 2; Ctrl-C ends ``d
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -121,6 +122,27 @@ def _sim(args: argparse.Namespace) -> int:
     if args.response_delay:
         options["response_delay"] = args.response_delay
     return run_sim(port=args.port, duration=args.duration, backend=args.backend, **options)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    missing = [name for name in ("looptime", "trio") if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"wirestate simulate: needs {' and '.join(missing)} (pip install -e '.[test]')", file=sys.stderr)
+        return 2
+    from engine.harness import InvariantViolation, Scenario, run_simulation
+
+    try:
+        scenario = Scenario(seed=args.seed, hours=args.hours)
+    except ValueError as exc:
+        print(f"wirestate simulate: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = run_simulation(scenario, args.backend)
+    except InvariantViolation as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(report)
+    return 0
 
 
 def _sim_arguments(sim: argparse.ArgumentParser) -> None:
@@ -248,6 +270,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sim.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     _sim_arguments(sim)
     sim.set_defaults(run=_sim)
+
+    simulate = commands.add_parser(
+        "simulate", help="a seeded simulation: a Manager under seeded faults for hours of virtual time, invariants checked"
+    )
+    simulate.add_argument("--seed", type=int, required=True, help="the seed (a failing one is printed by the tests)")
+    simulate.add_argument("--hours", type=_seconds(0.001), default=100.0, help="virtual hours to simulate (default 100)")
+    simulate.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio", help="asyncio replays a seed exactly")
+    simulate.set_defaults(run=_simulate)
 
     diagrams = commands.add_parser("diagrams", help="write state diagrams generated from the machine definitions")
     diagrams.add_argument("--check", action="store_true", help="exit 1 when the files differ from the code")

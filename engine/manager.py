@@ -128,7 +128,10 @@ class Manager:
 
     def connections(self) -> list[ConnectionInfo]:
         """Every managed connection: id, setup name, state, number of subscriptions."""
-        return [ConnectionInfo(s.id, s.group.name, s.state, self._ledger.count(s.id)) for s in self._fleet.slots.values()]
+        return [
+            ConnectionInfo(s.id, s.group.name, s.state, self._ledger.count(s.id), s.rotation.state if s.rotation else None)
+            for s in self._fleet.slots.values()
+        ]
 
     def subscriptions(self) -> list[SubscriptionInfo]:
         """Every subscription in the ledger with its state and connection."""

@@ -41,6 +41,8 @@ class ConnectionInfo(NamedTuple):
     setup: str
     state: State
     subscriptions: int
+    #: its make-before-break rotation's state (``"steady"`` when none is under way), None if it never rotates
+    rotation: str | None = None
 
 
 class Group:
