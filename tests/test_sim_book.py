@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from engine.sim.book import SimBook, checksum, checksum_text
-from tests.test_sim import BOUND, Client, connect, running
+from engine.sim import SimExchange
+from tests.test_sim import BOUND, Client, connect, dial, running
 from tests.test_sim_feed import drain, subscribe, texts
 
 PRICE = re.compile(r"^\d+\.\d{2}$")
@@ -155,3 +156,29 @@ async def test_an_idle_book_stream_does_not_move() -> None:
             await subscribe(client, "book", "BTC-USD")
             snapshot = orjson.loads(texts(await drain(client))[0])
             assert snapshot["seq"] == 0 and snapshot["bids"] == first["bids"]
+
+
+@pytestmark_anyio
+async def test_rest_snapshot_over_http_on_the_websocket_port() -> None:
+    async def get(sim: SimExchange, target: str) -> tuple[int, dict[str, Any]]:
+        client = await dial(sim)
+        await client.stream.send(f"GET {target} HTTP/1.1\r\nHost: sim.test\r\n\r\n".encode())
+        answer = b""
+        with pytest.raises(anyio.EndOfStream):
+            for _ in range(1000):
+                answer += await client.stream.receive()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert b"content-type: application/json" in head
+        return int(head.split(b" ")[1]), orjson.loads(body)
+
+    with anyio.fail_after(BOUND):
+        async with running(rate=10.0) as sim:
+            client = await connect(sim)
+            await subscribe(client, "book", "BTC-USD")
+            await anyio.sleep(1.0)
+            status, body = await get(sim, "/book?symbol=BTC-USD&depth=5")
+            assert status == 200 and body == sim.book_snapshot("BTC-USD", depth=5) | {"ts": body["ts"]}
+            assert body["seq"] == sim.stream_seq("book", "BTC-USD") and len(body["bids"]) == 5
+            assert (await get(sim, "/book?symbol=DOGE-USD"))[0] == 404
+            assert (await get(sim, "/book?symbol=BTC-USD&depth=x"))[0] == 400
+            assert sim.accepted == 1  # REST requests are not connections

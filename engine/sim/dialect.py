@@ -57,8 +57,9 @@ Server -> client data, only for subscribed (channel, symbol) pairs:
   ``bid price, bid size, ask price, ask size`` level by level; when one side
   has fewer levels the other side's remaining levels follow alone; join all
   fields with ``:``; CRC32 (``zlib.crc32``) of that ASCII string as a *signed*
-  32-bit integer. ``SimExchange.book_snapshot(symbol)`` gives the same
-  snapshot as a REST call would (Binance-style flow: buffer deltas, fetch it,
+  32-bit integer. ``SimExchange.book_snapshot(symbol)``, or an HTTP
+  ``GET /book?symbol=BTC-USD[&depth=N]`` on the same port
+  (:mod:`engine.sim.rest`), gives the same snapshot as a REST call would (Binance-style flow: buffer deltas, fetch it,
   apply the deltas whose ``seq`` is greater). A snapshot is per connection;
   only deltas are exchange-wide (deduplicate on ``(channel, symbol, type, seq)``
   when you also keep snapshots).

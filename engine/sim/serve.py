@@ -112,7 +112,8 @@ def _dialect_summary(sim: SimExchange, url: str, options: dict[str, Any]) -> str
             f'  after login: channels "orders"|"fills" and {{"op":"place_order","symbol":...,"side":"buy","price":"1.00","size":"1"}};'
             f" login: {login}",
             f"  symbols: {symbols}; data: {rate:g} messages/s per (channel, symbol) stream, the same frames for every"
-            ' subscriber, "seq" exchange-wide; books: snapshot then deltas (prev_seq/seq, CRC32 checksum)',
+            ' subscriber, "seq" exchange-wide; books: snapshot then deltas (prev_seq/seq, CRC32 checksum);'
+            f" REST snapshot: GET {url.replace('ws://', 'http://').removesuffix('/ws')}/book?symbol={sim.symbols[0]}",
             "  a bad request gets an error event (code 400/401/404)" + "".join(f"; {e}" for e in extras),
             "Ctrl-C stops it",
         ]

@@ -59,6 +59,7 @@ from wsproto.connection import ConnectionState
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from engine.sim import dialect
+from engine.sim import rest as rest_api
 from engine.sim.service import Service, Venue
 from engine.sim.wirelog import Transcript, redact
 from transports.encode import OP_TEXT, encode_frame
@@ -409,6 +410,10 @@ class Session:
             return None
         end = buffer.index(_END_OF_HEAD) + len(_END_OF_HEAD)
         head, rest = buffer[:end], buffer[end:]  # wsproto's server would drop early frames
+        answer = rest_api.respond(head, self._book_snapshot)
+        if answer is not None:  # GET /book?symbol=...: the REST snapshot, then close
+            await self._stream.send(answer)
+            return None
         try:
             self._ws.receive_data(head)
             request = next((e for e in self._ws.events() if isinstance(e, wse.Request)), None)
@@ -437,6 +442,11 @@ class Session:
             self.transcript.add(self.opened_at, "out", "raw", decision.raw.hex())
         log.debug("sim accepted a connection to %s", self.target)
         return rest
+
+    def _book_snapshot(self, symbol: str, depth: int | None) -> dict[str, Any]:
+        if symbol not in self._venue.symbols:
+            raise KeyError(symbol)
+        return self._venue.feed.book_snapshot(symbol, anyio.current_time(), depth)
 
     async def _refuse(self, rejection: wse.RejectConnection, body: bytes = b"") -> None:
         try:
