@@ -1,7 +1,9 @@
 """Order-book micro-benchmark (issue 18): wirestate's Book against the C ``order-book`` package and SortedDict.
 
-Same work for every book, in one run, interleaved rounds, a fresh process per
-(book, round), pinned to one CPU, the garbage collector off while timing:
+Same work for every book, in one run: a fresh process per (interpreter,
+round), pinned to one CPU, the garbage collector off while timing, and inside
+it the books take turns every 2,000 deltas (or reads), so a load swing of
+this shared machine hits them alike; ratios are taken per round:
 
 1. **apply + best**: a 1,000-level-per-side book (0.1 price ticks, 8-decimal
    sizes, all given as the exchange's text); 200,000 single-level deltas drawn
@@ -32,7 +34,10 @@ through ``PYTHONPATH``)::
     .venv/bin/python -m benchmarks.books --python313 /tmp/bookbench313/bin/python \\
         --site311 /tmp/bookbench311/lib/python3.11/site-packages
 
-Ratios are taken within one interpreter (3.13 rows against the 3.13 C book).
+Ratios are taken within one interpreter and round (3.13 rows against the
+3.13 C book); the dict with lazily kept best prices reads depth with
+``heapq`` over the whole side (~0.4 ms), so its depth reads are timed once,
+100 of them, outside the turns, and it has no apply + top-25 row.
 ``--quick`` runs fewer rounds and deltas; ``--json`` prints the rows.
 """
 
@@ -281,78 +286,110 @@ SUBJECTS: dict[str, Callable[..., Subject]] = {
 # -- one process: time the four measures -------------------------------------------------------
 
 
-def _per_op(start: int, count: int) -> float:
-    return (time.perf_counter_ns() - start) / count
+CHUNK = 2000  # deltas per turn: the books take turns, so a load swing hits them alike
 
 
-def measure(key: str, n: int) -> dict[str, Any]:
-    """ns per operation of each measure for one book, in this process."""
-    bids, asks = make_book()
-    deltas = make_deltas(n)
-    out: dict[str, Any] = {}
-    subject = SUBJECTS[key](bids, asks)
-    out["name"] = subject.name
-    gc.collect()
-    gc.disable()
-    try:
-        if isinstance(subject, WirestateDriver):
-            made = subject.prepare(deltas)
-            apply_delta = subject.books.apply
-            book = subject.book
-            start = time.perf_counter_ns()
-            for delta in made:
+def _apply_runner(subject: Subject, deltas: list[Delta]) -> Callable[[int, int], int]:
+    """``(start, stop) -> ns`` applying ``deltas[start:stop]`` with a best bid/ask read after each."""
+    if isinstance(subject, WirestateDriver):
+        made = subject.prepare(deltas)
+        apply_delta = subject.books.apply
+        book = subject.book
+
+        def run_driver(start: int, stop: int) -> int:
+            t0 = time.perf_counter_ns()
+            for delta in made[start:stop]:
                 apply_delta(delta)
                 book.best_bid
                 book.best_ask
-            out["apply"] = _per_op(start, n)
-            assert subject.books.stats("BTC-USDT").applied == n
-            return out
-        apply, best, top25 = subject.apply, subject.best, subject.top25
-        start = time.perf_counter_ns()
-        for is_bid, price, size in deltas:
+            return time.perf_counter_ns() - t0
+
+        return run_driver
+    apply, best = subject.apply, subject.best
+
+    def run(start: int, stop: int) -> int:
+        t0 = time.perf_counter_ns()
+        for is_bid, price, size in deltas[start:stop]:
             apply(is_bid, price, size)
             best()
-        out["apply"] = _per_op(start, n)
-        reads = max(n // 10, 1000)
-        start = time.perf_counter_ns()
-        for _ in range(reads):
-            top25()
-        out["top25"] = _per_op(start, reads)
-        fresh = SUBJECTS[key](*make_book())
-        apply, top25 = fresh.apply, fresh.top25
-        part = deltas[: n // 4]
-        start = time.perf_counter_ns()
-        for is_bid, price, size in part:
+        return time.perf_counter_ns() - t0
+
+    return run
+
+
+def measure(keys: list[str], n: int) -> dict[str, dict[str, Any]]:
+    """ns per operation of each measure for each book, the books taking turns in this process."""
+    bids, asks = make_book()
+    deltas = make_deltas(n)
+    subjects = {key: SUBJECTS[key](bids, asks) for key in keys}
+    out: dict[str, dict[str, Any]] = {key: {"name": s.name} for key, s in subjects.items()}
+    readers = {k: s for k, s in subjects.items() if not isinstance(s, WirestateDriver)}
+    fast_readers = {k: s for k, s in readers.items() if not isinstance(s, LazyDict)}
+    summers = {k: s for k, s in readers.items() if s.checksum() is not None}
+    fresh = {k: SUBJECTS[k](bids, asks) for k in fast_readers}
+    runners = {k: _apply_runner(s, deltas) for k, s in subjects.items()}
+    totals: dict[tuple[str, str], int] = {}
+    counts: dict[tuple[str, str], int] = {}
+
+    def turns(measure: str, group: dict[str, Any], rounds: int, ops: int, step: Callable[[str, int], int]) -> None:
+        order = list(group)
+        for r in range(rounds):
+            shift = r % len(order)
+            for key in order[shift:] + order[:shift]:
+                totals[key, measure] = totals.get((key, measure), 0) + step(key, r)
+                counts[key, measure] = counts.get((key, measure), 0) + ops
+
+    def timed(fn: Callable[[], object], times: int) -> int:
+        t0 = time.perf_counter_ns()
+        for _ in range(times):
+            fn()
+        return time.perf_counter_ns() - t0
+
+    def apply_top25(key: str, r: int) -> int:
+        subject = fresh[key]
+        apply, top25 = subject.apply, subject.top25
+        t0 = time.perf_counter_ns()
+        for is_bid, price, size in deltas[r * CHUNK // 4 : (r + 1) * CHUNK // 4]:
             apply(is_bid, price, size)
             top25()
-        out["apply_top25"] = _per_op(start, len(part))
-        if subject.checksum() is not None:
-            sums = max(n // 20, 1000)
-            checksum = subject.checksum
-            start = time.perf_counter_ns()
-            for _ in range(sums):
-                checksum()
-            out["checksum"] = _per_op(start, sums)
+        return time.perf_counter_ns() - t0
+
+    chunks = max(n // CHUNK, 1)
+    gc.collect()
+    gc.disable()
+    try:
+        turns("apply", subjects, chunks, CHUNK, lambda k, r: runners[k](r * CHUNK, (r + 1) * CHUNK))
+        turns("top25", fast_readers, chunks // 5, 500, lambda k, r: timed(readers[k].top25, 500))
+        turns("apply_top25", fast_readers, chunks, CHUNK // 4, apply_top25)
+        turns("checksum", summers, chunks // 5, 250, lambda k, r: timed(summers[k].checksum, 250))
+        for key, subject in readers.items():  # the slow depth reads, once, not in turns
+            if key not in fast_readers:
+                totals[key, "top25"] = timed(subject.top25, 100)
+                counts[key, "top25"] = 100
     finally:
         gc.enable()
+    driver = next((s for s in subjects.values() if isinstance(s, WirestateDriver)), None)
+    assert driver is None or driver.books.stats("BTC-USDT").applied == chunks * CHUNK
+    for (key, m), total in totals.items():
+        out[key][m] = total / counts[key, m]
     return out
 
 
-def child(key: str, n: int) -> None:
-    """Run one book's measures and print them as one JSON line."""
-    print(json.dumps(measure(key, n)))
+def child(keys: list[str], n: int) -> None:
+    """Run the books' measures in turns and print them as one JSON line."""
+    print(json.dumps(measure(keys, n)))
 
 
-# -- the run: interleaved rounds, one process each -----------------------------------------------
+# -- the run: a process per (interpreter, round); the books take turns inside it ---------------------
 
 _CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
 
-def run_child(python: str, key: str, n: int, sites: list[str]) -> dict[str, Any]:
+def run_child(python: str, keys: list[str], n: int, sites: list[str]) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sites])}
-    cmd = [python, "-m", "benchmarks.books", "--child", key, str(n)]
+    cmd = [python, "-m", "benchmarks.books", "--child", ",".join(keys), str(n)]
     pin = (lambda: os.sched_setaffinity(0, {_CPUS[0]})) if _CPUS else None
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, preexec_fn=pin)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800, preexec_fn=pin)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -366,10 +403,35 @@ def python_version(python: str) -> str:
 
 
 MEASURES = ("apply", "top25", "apply_top25", "checksum")
+_HEADS = ("apply + best bid/ask", "top-25 read", "apply + top-25", "OKX checksum, 25 levels")
+
+
+def _has_c_book(python: str, sites: list[str]) -> bool:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sites])}
+    done = subprocess.run([python, "-c", "import order_book"], env=env, capture_output=True, timeout=60)
+    return done.returncode == 0
+
+
+def summarize(rounds: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
+    """Per book: median ns of each measure, and the median (and range) of the per-round ratio to the C book."""
+    rows = []
+    good = [r for r in rounds if "error" not in r]
+    for key in keys:
+        row: dict[str, Any] = {"key": key, "name": good[0][key]["name"] if good else key}
+        for m in MEASURES:
+            values = [r[key][m] for r in good if m in r[key]]
+            if not values:
+                continue
+            row[m] = statistics.median(values)
+            ratios = [r["cbook"][m] / r[key][m] for r in good if "cbook" in r and m in r["cbook"] and m in r[key]]
+            if ratios:
+                row[m + "_vs_c"] = (statistics.median(ratios), min(ratios), max(ratios))
+        rows.append(row)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run every book on each interpreter, interleaved, and print the tables (or JSON)."""
+    """Run every book on each interpreter and print the tables (or JSON)."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--python313", help="a CPython 3.13 with order-book 1.1.0, sortedcontainers and the deps")
     parser.add_argument("--site311", action="append", default=[], help="site-packages with order-book 0.6.1 for 3.11")
@@ -377,75 +439,58 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--deltas", type=int)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--child", nargs=2, metavar=("BOOK", "DELTAS"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, metavar=("BOOKS", "DELTAS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.child[0], int(args.child[1]))
+        child(args.child[0].split(","), int(args.child[1]))
         return
     rounds = args.rounds or (3 if args.quick else 5)
-    n = args.deltas or (50_000 if args.quick else 200_000)
+    n = args.deltas or (40_000 if args.quick else 200_000)
     groups: list[tuple[str, str, list[str], list[str]]] = []  # (label, python, sites, books)
     if args.python313:
         groups.append((f"CPython {python_version(args.python313)}", args.python313, [],
                        ["wirestate", "driver", "cbook", "sorted", "lazydict"]))  # fmt: skip
-    groups.append((f"CPython {platform.python_version()} (project venv)", sys.executable, args.site311,
-                   ["wirestate", "driver", "cbook", "sorted"]))  # fmt: skip
-    cases = [(g, key) for g, (_, _, _, keys) in enumerate(groups) for key in keys]
-    samples: dict[tuple[int, str], list[dict[str, Any]]] = {case: [] for case in cases}
+    here = ["wirestate", "driver", "sorted"]
+    if _has_c_book(sys.executable, args.site311):
+        here.insert(2, "cbook")
+    groups.append((f"CPython {platform.python_version()} (project venv)", sys.executable, args.site311, here))
+    results: list[list[dict[str, Any]]] = [[] for _ in groups]
     load_start = os.getloadavg()
     for r in range(rounds):
-        shift = r % len(cases)
-        for g, key in cases[shift:] + cases[:shift]:
-            label, python, sites, _ = groups[g]
-            out = run_child(python, key, n, sites)
-            samples[(g, key)].append(out)
-            print(f"round {r + 1}/{rounds} {label} {key}: {out}", file=sys.stderr, flush=True)
+        for g, (label, python, sites, keys) in enumerate(groups):
+            out = run_child(python, keys, n, sites)
+            results[g].append(out)
+            print(f"round {r + 1}/{rounds} {label}: {out}", file=sys.stderr, flush=True)
     load_end = os.getloadavg()
-    rows = []
-    for (g, key), outs in samples.items():
-        good = [o for o in outs if "error" not in o]
-        row: dict[str, Any] = {"group": groups[g][0], "key": key, "name": good[0]["name"] if good else key}
-        if not good:
-            row["error"] = outs[0]["error"]
-        for m in MEASURES:
-            values = [o[m] for o in good if m in o]
-            if values:
-                row[m] = statistics.median(values)
-                row[m + "_range"] = (min(values), max(values))
-        rows.append(row)
-    for g in range(len(groups)):
-        ref = next((r for r in rows if r["key"] == "cbook" and r["group"] == groups[g][0] and "apply" in r), None)
-        for row in rows:
-            if row["group"] == groups[g][0] and ref is not None:
-                for m in MEASURES:
-                    if m in row and m in ref:
-                        row[m + "_vs_c"] = ref[m] / row[m]  # > 1: faster than the C book
+    tables = [(label, summarize(results[g], keys)) for g, (label, _, _, keys) in enumerate(groups)]
     meta = {"rounds": rounds, "deltas": n, "levels_per_side": LEVELS, "cpus": os.cpu_count(),
             "load_start": load_start, "load_end": load_end}  # fmt: skip
     if args.json:
-        json.dump({"meta": meta, "rows": rows}, sys.stdout, default=str)
+        json.dump({"meta": meta, "tables": tables, "raw": results}, sys.stdout, default=str)
         print()
         return
-    print(f"Order books: {LEVELS} levels per side, {n:,} single-level deltas near the top (20 % deletes), "
-          f"median of {rounds} rounds (one process each, interleaved); load {load_start[0]:.2f} at start, "
-          f"{load_end[0]:.2f} at end; {os.cpu_count()} CPUs")  # fmt: skip
-    print("C / x: how many times faster than the C book of the same interpreter (> 1 is faster).\n")
-    print("| interpreter | book | apply + best bid/ask, ns | C / x | top-25 read, ns | C / x "
-          "| apply + top-25, ns | C / x | OKX checksum 25 levels, ns | C / x |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for row in rows:
-        if "error" in row:
-            print(f"| {row['group']} | {row['key']} | {row['error']} | | | | | | | |")
-            continue
-        cells = []
-        for m in MEASURES:
-            if m in row:
-                lo, hi = row[m + "_range"]
-                cells.append(f"{row[m]:,.0f} ({lo:,.0f}-{hi:,.0f})")
-                cells.append(f"{row[m + '_vs_c']:.2f}" if m + "_vs_c" in row else "")
-            else:
-                cells += ["", ""]
-        print(f"| {row['group']} | {row['name']} | " + " | ".join(cells) + " |")
+    print(f"Order books: {LEVELS} levels per side, {n:,} single-level deltas near the top (20 % deletes); "
+          f"{rounds} rounds, one process per interpreter and round, the books taking turns in it every "
+          f"{CHUNK:,} deltas; load {load_start[0]:.2f} at start, {load_end[0]:.2f} at end; {os.cpu_count()} CPUs.")
+    print("ns: median over rounds. C / x: the C book's time over this book's, per round (median, min-max); "
+          "> 1 is faster than the C book.")  # fmt: skip
+    for label, rows in tables:
+        print(f"\n{label}\n")
+        print("| book | " + " | ".join(f"{h}, ns | C / x" for h in _HEADS) + " |")
+        print("|---|" + "---:|---:|" * len(_HEADS))
+        for row in rows:
+            cells = []
+            for m in MEASURES:
+                cells.append(f"{row[m]:,.0f}" if m in row else "")
+                if m + "_vs_c" in row:
+                    med, lo, hi = row[m + "_vs_c"]
+                    cells.append(f"{med:.2f} ({lo:.2f}-{hi:.2f})")
+                else:
+                    cells.append("")
+            print(f"| {row['name']} | " + " | ".join(cells) + " |")
+        errors = [r["error"] for r in results[[t[0] for t in tables].index(label)] if "error" in r]
+        if errors:
+            print(f"\n{len(errors)} round(s) failed: {errors[0]}")
 
 
 # -- the "book update" slot of benchmarks/micro.py ------------------------------------------------
@@ -454,7 +499,7 @@ def main(argv: list[str] | None = None) -> None:
 def book_update_ns(quick: bool) -> float:
     """ns per ``Books.apply`` of a one-level delta on a synced 1,000-level book, with a
     best bid/ask read after each (this interpreter)."""
-    return float(measure("driver", 20_000 if quick else 100_000)["apply"])
+    return float(measure(["driver"], 20_000 if quick else 100_000)["driver"]["apply"])
 
 
 try:
