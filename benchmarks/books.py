@@ -153,7 +153,8 @@ class WirestateDriver(Wirestate):
         made = []
         for i, (is_bid, price, size) in enumerate(deltas, 1):
             level = ((price, size),)
-            made.append(self._delta(symbol="BTC-USDT", bids=level if is_bid else (), asks=() if is_bid else level, seq=i))
+            bids, asks = (level, ()) if is_bid else ((), level)
+            made.append(self._delta(symbol="BTC-USDT", bids=bids, asks=asks, seq=i))
         return made
 
 

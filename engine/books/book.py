@@ -212,7 +212,9 @@ class Book:
         else:
             raise self._bad("size", size_text, is_bid)
 
-    def _insert(self, side: dict[Decimal, Level], prices: list[Decimal], price: Decimal, level: Level, bid: bool) -> None:
+    def _insert(
+        self, side: dict[Decimal, Level], prices: list[Decimal], price: Decimal, level: Level, bid: bool
+    ) -> None:
         insort(prices, price)
         depth = self.depth
         if depth is not None and len(prices) > depth:
@@ -265,7 +267,8 @@ class Book:
 
     def _bad(self, what: str, value: object, bid: bool) -> BookDataError:
         side = "bid" if bid else "ask"
+        bound = " >= 0" if what == "size" else ""
         return BookDataError(
-            f"book {self.symbol}: {side} {what} {value!r} is not a finite decimal text{' >= 0' if what == 'size' else ''} "
+            f"book {self.symbol}: {side} {what} {value!r} is not a finite decimal text{bound} "
             f"(give the exchange's text, e.g. '0.05000'; never a float)"
         )

@@ -146,7 +146,8 @@ class BookSync:
             self.stats.overflows += 1
             self.stats.overflowed += dropped
             del buffer[:-1]  # keep the newest: it may still bridge the next snapshot
-            why = f"{dropped} buffered deltas dropped: more than buffer_limit={self.config.buffer_limit} before a snapshot"
+            limit = self.config.buffer_limit
+            why = f"{dropped} buffered deltas dropped: more than buffer_limit={limit} before a snapshot"
             return self._lose("overflow", "overflow", delta.received, None, why, trim=False)
         return result
 
