@@ -5,14 +5,13 @@ A :class:`Session` owns one byte stream: it answers the opening handshake
 
 - the reader: frames in, requests handed to the connection's
   :class:`~engine.sim.service.Service`, close handshake;
-- the writer: sleeps until the exchange-wide feed (:class:`~engine.sim.feed.Feed`)
-  or the order desk handed it messages (:meth:`Session.deliver`), writes them;
+- the writer (:class:`~engine.sim.writer.Writer`): writes the data the
+  exchange-wide feed or the order desk hands over (:meth:`Session.deliver`)
+  and every answer, in the order they were queued;
 - on demand: late answers (``reply_later``), a ping storm, the lifetime timer.
 
-Every write goes through one lock, so frames never interleave and the wire
-order is the order in which they were queued: data handed over before an
-answer is written before it. Every frame in and out is logged in the
-session's :class:`~engine.sim.wirelog.Transcript` with the time it crossed.
+Every frame in and out is logged in the session's
+:class:`~engine.sim.wirelog.Transcript` with the time it crossed.
 
 Faults, applied by :class:`~engine.sim.exchange.SimExchange`:
 
@@ -39,19 +38,17 @@ session: nothing escapes :meth:`Session.run`.
 
 from __future__ import annotations
 
-import enum
 import logging
 import random
 import socket
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 import anyio
 import anyio.abc
 import h11
-import orjson
 import wsproto.events as wse
 from anyio.abc import ByteStream, SocketAttribute
 from wsproto import ConnectionType, WSConnection
@@ -62,7 +59,7 @@ from engine.sim import dialect
 from engine.sim import rest as rest_api
 from engine.sim.service import Service, Venue
 from engine.sim.wirelog import Transcript, redact
-from transports.encode import OP_TEXT, encode_frame
+from engine.sim.writer import Mode, Outcome, Writer
 
 __all__ = ["Acceptance", "Admission", "Rejection", "Session"]
 
@@ -78,8 +75,6 @@ GONE: tuple[type[BaseException], ...] = (
 HANDSHAKE_TIMEOUT = 10.0  # seconds for the client to send its upgrade request
 MAX_HANDSHAKE_BYTES = 16 * 1024
 MAX_MESSAGE_SIZE = 1024 * 1024  # wsproto has no limit of its own
-#: Data messages a connection may have waiting to be written; more are dropped and counted.
-MAX_OUTBOX = 10_000
 _END_OF_HEAD = b"\r\n\r\n"
 
 
@@ -101,39 +96,6 @@ class Acceptance:
 
 
 Admission = Rejection | Acceptance
-
-
-class _Stalled(enum.Enum):
-    """What a write does while the session is stalled."""
-
-    HOLD = "hold"  # keep the bytes, send them on resume (replies)
-    DROP = "drop"  # forget them (data, pongs)
-    SEND = "send"  # send anyway, forgetting what was held (close frames)
-
-
-class _Outcome(enum.Enum):
-    SENT = "sent"
-    HELD = "held"
-    DROPPED = "dropped"
-
-
-def _entry(event: wse.Event) -> tuple[str, str]:
-    """How an outgoing event is logged: (kind, data)."""
-    if isinstance(event, wse.TextMessage):
-        return "text", event.data
-    if isinstance(event, wse.CloseConnection):
-        return "close", f"{event.code} {event.reason}".rstrip()
-    if isinstance(event, (wse.Ping, wse.Pong)):
-        return type(event).__name__.lower(), bytes(event.payload).hex()
-    if isinstance(event, wse.BytesMessage):
-        return "binary", bytes(event.data).hex()
-    return type(event).__name__, ""
-
-
-def _sendable(state: ConnectionState, event: wse.Event) -> bool:
-    if isinstance(event, wse.CloseConnection):
-        return state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)
-    return state is ConnectionState.OPEN
 
 
 class Session:
@@ -158,36 +120,22 @@ class Session:
         self._on_end = on_end
         self._ws = WSConnection(ConnectionType.SERVER)
         self._service = Service(venue, self)
-        self._outbox: list[tuple[str, bytes]] = []  # data (text, frame) from the feed or the desk, not yet written
         self._scope = anyio.CancelScope()
         self._tg: anyio.abc.TaskGroup | None = None
-        self._lock = anyio.Lock(fast_acquire=True)  # no checkpoint when free: a write per data message
-        self._wake = anyio.Event()
-        self._hearing = anyio.Event()  # set while the reader may read (cleared by half_open)
+        self._hearing = anyio.Event()  # set while the reader may read (replaced by half_open)
         self._hearing.set()
         self._finished = anyio.Event()
-        self._held: list[tuple[bytes, list[tuple[str, str]]]] = []  # written on resume, then logged
-        self._stalled = False
-        self._close_when_flushed = False
         self._parts: list[str | bytes] = []
         self._part_size = 0
-        self._book_faults: list[tuple[str, str | None]] = []  # ("skip"|"corrupt", symbol or None: any)
+        #: Every frame in and out, with time and direction (see :mod:`engine.sim.wirelog`).
+        self.transcript = Transcript(venue.log_limit)
+        self._out = Writer(stream, self._ws, self.transcript)
         #: The request target of the upgrade request (``"/ws"``), once known.
         self.target: str | None = None
         #: When the handshake was accepted (exchange clock), once accepted.
         self.opened_at: float | None = None
-        #: Data messages written to the stream so far.
-        self.data_sent = 0
-        #: Data messages the feed offered while stalled (skipped, never re-sent).
-        self.missed = 0
-        #: Data messages dropped because :data:`MAX_OUTBOX` were already waiting (a slow reader).
-        self.overflowed = 0
-        #: Book deltas left out (``skip_book``) or corrupted (``corrupt_book``) for this connection.
-        self.book_faults = 0
         #: Every text message this client sent: ``(anyio.current_time(), text)``, in order (signatures redacted).
         self.received: list[tuple[float, str]] = []
-        #: Every frame in and out, with time and direction (see :mod:`engine.sim.wirelog`).
-        self.transcript = Transcript(venue.log_limit)
 
     # -- views ---------------------------------------------------------------
 
@@ -214,32 +162,49 @@ class Session:
     @property
     def stalled(self) -> bool:
         """True between :meth:`stall` (or :meth:`half_open`) and :meth:`resume`."""
-        return self._stalled
+        return self._out.stalled
+
+    @property
+    def data_sent(self) -> int:
+        """Data messages written to the stream so far."""
+        return self._out.data_sent
+
+    @property
+    def missed(self) -> int:
+        """Data messages offered while stalled or closing (skipped, never re-sent)."""
+        return self._out.missed
+
+    @property
+    def overflowed(self) -> int:
+        """Data messages dropped because too many were already waiting (a slow reader)."""
+        return self._out.overflowed
+
+    @property
+    def book_faults(self) -> int:
+        """Book deltas left out or corrupted on this connection."""
+        return self._out.book_faults
 
     # -- faults (called by the exchange) -------------------------------------
 
     def _note(self, kind: str, data: str = "") -> None:
-        self.transcript.add(anyio.current_time(), "note", kind, data)
+        self._out.note(kind, data)
 
     def stall(self) -> None:
         """Stop sending: no data, no pongs, replies held until :meth:`resume`."""
-        self._stalled = True
         self._note("stall")
-        self._notify()
+        self._out.stall()
 
     def half_open(self) -> None:
         """Stop sending and reading: nothing flows either way; the socket stays open."""
-        self._stalled = True
-        self._hearing = anyio.Event()
         self._note("half_open")
-        self._notify()
+        self._hearing = anyio.Event()
+        self._out.stall()
 
     def resume(self) -> None:
         """End a stall or half-open: held replies go out first, then data flows again."""
-        self._stalled = False
-        self._hearing.set()
         self._note("resume")
-        self._notify()
+        self._hearing.set()
+        self._out.resume()
 
     def reset(self) -> None:
         """End the connection abruptly, without a close frame."""
@@ -260,7 +225,7 @@ class Session:
         """Send a close frame, wait up to ``timeout`` for the reply, then end."""
         with anyio.move_on_after(timeout):
             try:
-                await self._emit([wse.CloseConnection(code=code, reason=reason)], _Stalled.SEND)
+                await self._out.emit([wse.CloseConnection(code=code, reason=reason)], Mode.SEND)
             except GONE:
                 self._scope.cancel()
             await self._finished.wait()
@@ -269,21 +234,19 @@ class Session:
 
     def skip_book(self, symbol: str | None = None) -> None:
         """Leave out the next book delta (of ``symbol``, or any): the client sees a sequence gap."""
-        self._book_faults.append(("skip", symbol))
+        self._out.skip_book(symbol)
 
     def corrupt_book(self, symbol: str | None = None) -> None:
         """Send the next book delta (of ``symbol``, or any) with a wrong checksum."""
-        self._book_faults.append(("corrupt", symbol))
+        self._out.corrupt_book(symbol)
 
     async def send_text(self, text: str) -> None:
         """Write one text message now (any text: malformed JSON, an oversize message), even if stalled."""
-        await self._emit([wse.TextMessage(data=text)], _Stalled.SEND)
+        await self._out.emit([wse.TextMessage(data=text)], Mode.SEND)
 
     async def send_raw(self, data: bytes) -> None:
         """Write ``data`` as is now (no framing), even if stalled."""
-        async with self._lock:
-            self.transcript.add(anyio.current_time(), "out", "raw", data.hex())
-            await self._stream.send(data)
+        await self._out.send_raw(data)
 
     def ping_storm(self, count: int, interval: float, payload: bytes = b"storm") -> None:
         """Send ``count`` protocol pings, ``interval`` seconds apart, starting now."""
@@ -293,7 +256,7 @@ class Session:
         for i in range(count):
             if i:
                 await anyio.sleep(interval)
-            await self._emit([wse.Ping(payload=payload)], _Stalled.DROP)
+            await self._out.emit([wse.Ping(payload=payload)], Mode.DROP)
 
     def _start(self, func: Callable[..., Any], *args: Any) -> None:
         if self._tg is not None:
@@ -309,7 +272,7 @@ class Session:
 
     async def reply(self, message: dict[str, Any], *, droppable: bool = False) -> None:
         """Write one answer after whatever was queued before it."""
-        await self._emit([wse.TextMessage(data=dialect.encode(message))], _Stalled.DROP if droppable else _Stalled.HOLD)
+        await self._out.emit([wse.TextMessage(data=dialect.encode(message))], Mode.DROP if droppable else Mode.HOLD)
 
     def reply_later(self, message: dict[str, Any], delay: float) -> None:
         """Write one answer ``delay`` seconds from now."""
@@ -320,44 +283,8 @@ class Session:
         await self.reply(message)
 
     def deliver(self, channel: str, symbol: str, text: str, frame: bytes | None = None) -> None:
-        """Take one data message (feed or desk); the writer sends it soon (never blocks).
-
-        ``frame`` is the message's ready (unmasked, unfragmented) text frame,
-        shared by every subscriber; without it the frame is made here.
-
-        While stalled the message is missed (counted in :attr:`missed`); with
-        :data:`MAX_OUTBOX` messages already waiting it is dropped (counted in
-        :attr:`overflowed`).
-        """
-        if self._stalled or self._ws.state is not ConnectionState.OPEN:
-            self.missed += 1
-            return
-        if self._book_faults and channel == "book" and '"type":"update"' in text:
-            text_or_none = self._book_fault(symbol, text)
-            if text_or_none is None:
-                return
-            if text_or_none is not text:
-                text, frame = text_or_none, None
-        if len(self._outbox) >= MAX_OUTBOX:
-            self.overflowed += 1
-        else:
-            self._outbox.append((text, encode_frame(OP_TEXT, text.encode(), mask=False) if frame is None else frame))
-            if len(self._outbox) == 1:
-                self._notify()
-
-    def _book_fault(self, symbol: str, text: str) -> str | None:
-        for i, (kind, wanted) in enumerate(self._book_faults):
-            if wanted is None or wanted == symbol:
-                del self._book_faults[i]
-                self.book_faults += 1
-                if kind == "skip":
-                    self._note("skip_book", text)
-                    return None
-                message = orjson.loads(text)
-                message["checksum"] = message["checksum"] ^ 1  # stays a signed 32-bit value
-                self._note("corrupt_book", symbol)
-                return dialect.encode(message)
-        return text
+        """Take one data message (feed or desk); see :meth:`Writer.deliver`."""
+        self._out.deliver(channel, symbol, text, frame)
 
     # -- running ------------------------------------------------------------
 
@@ -373,7 +300,7 @@ class Session:
                     return
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
-                    tg.start_soon(self._pump)
+                    tg.start_soon(self._write)
                     if self._venue.lifetime is not None:
                         tg.start_soon(self._expire, self._venue.lifetime)
                     await self._read(rest)
@@ -391,7 +318,7 @@ class Session:
         await anyio.sleep(lifetime)
         self._note("lifetime")
         try:
-            await self._emit([wse.CloseConnection(code=self._venue.lifetime_code, reason="lifetime")], _Stalled.SEND)
+            await self._out.emit([wse.CloseConnection(code=self._venue.lifetime_code, reason="lifetime")], Mode.SEND)
         except GONE:
             self._scope.cancel()
             return
@@ -480,13 +407,13 @@ class Session:
                 self._parts.append(event.data if isinstance(event.data, str) else bytes(event.data))
                 self._part_size += len(event.data)
                 if self._part_size > MAX_MESSAGE_SIZE:
-                    await self._emit([wse.CloseConnection(code=1009, reason="message too big")], _Stalled.SEND)
+                    await self._out.emit([wse.CloseConnection(code=1009, reason="message too big")], Mode.SEND)
                     return False
                 if event.message_finished:
                     await self._on_message(event)
             elif isinstance(event, wse.Ping):
                 self.transcript.add(anyio.current_time(), "in", "ping", bytes(event.payload).hex())
-                await self._emit([event.response()], _Stalled.DROP)
+                await self._out.emit([event.response()], Mode.DROP)
             elif isinstance(event, wse.Pong):
                 self.transcript.add(anyio.current_time(), "in", "pong", bytes(event.payload).hex())
             elif isinstance(event, wse.CloseConnection):
@@ -506,82 +433,26 @@ class Session:
             self.received.append((now, logged))
             self.transcript.add(now, "in", "text", logged)
             request = dialect.parse_request(text, self._venue.symbols)
-        await self._service.carry_out(request, stalled=self._stalled)
+        await self._service.carry_out(request, stalled=self._out.stalled)
 
     async def _on_close(self, event: wse.CloseConnection) -> bool:
         state = self._ws.state
         if state is ConnectionState.REMOTE_CLOSING:  # the client closes: same code back
-            outcome = await self._emit([event.response()], _Stalled.HOLD)
-            if outcome is _Outcome.HELD:
-                self._close_when_flushed = True
-                self._notify()
+            outcome = await self._out.emit([event.response()], Mode.HOLD)
+            if outcome is Outcome.HELD:
+                self._out.close_when_flushed()
                 return True
             return False
         if state is ConnectionState.CLOSED:  # the client's reply to our close frame
             return False
         # Still OPEN: wsproto turned a protocol violation into this close event.
-        await self._emit([wse.CloseConnection(code=event.code, reason=event.reason)], _Stalled.SEND)
+        await self._out.emit([wse.CloseConnection(code=event.code, reason=event.reason)], Mode.SEND)
         return False
 
-    # -- writing ------------------------------------------------------------
-
-    def _notify(self) -> None:
-        """Wake the writer: data queued, stall or closing changed."""
-        self._wake.set()
-        self._wake = anyio.Event()
-
-    async def _emit(self, events: Sequence[wse.Event], stalled: _Stalled) -> _Outcome:
-        """Encode and write ``events`` after the held replies and queued data (empty: just flush).
-
-        Everything goes out in the order it was queued: data handed over
-        before an answer is written before it (no data after an unsubscribe's
-        ack).
-        """
-        if not events and not self._outbox and not self._held:
-            return _Outcome.SENT  # nothing to flush: no lock, no checkpoint
-        async with self._lock:
-            if self._stalled and stalled is _Stalled.DROP:
-                return _Outcome.DROPPED
-            sendable = [e for e in events if _sendable(self._ws.state, e)]
-            if events and not sendable:
-                return _Outcome.DROPPED  # the close handshake has begun: too late
-            chunks = [self._ws.send(e) for e in sendable]
-            entries = [_entry(e) for e in sendable]
-            if stalled is _Stalled.SEND:
-                self._held.clear()
-            elif self._stalled:
-                if chunks:
-                    self._held.append((b"".join(chunks), entries))
-                return _Outcome.HELD
-            outbox, self._outbox = self._outbox, []
-            if outbox and self._ws.state is ConnectionState.OPEN:
-                # Data frames skip wsproto: whole unmasked messages need no protocol state.
-                chunks[:0] = [frame for _, frame in outbox]
-                entries[:0] = [("text", text) for text, _ in outbox]
-            else:
-                self.missed += len(outbox)
-                outbox = []
-            held, self._held = self._held, []
-            data = b"".join(chunk for chunk, _ in held) + b"".join(chunks)
-            if data:
-                await self._stream.send(data)
-                now = anyio.current_time()
-                add = self.transcript.add
-                for kind, text in [e for _, logged in held for e in logged] + entries:
-                    add(now, "out", kind, text)
-            self.data_sent += len(outbox)
-            return _Outcome.SENT
-
-    async def _pump(self) -> None:
-        """The writer task: wake when data was delivered (or on a change), write it."""
+    async def _write(self) -> None:
+        """The writer task; the session ends when it returns (a close answer held by a stall went out)."""
         try:
-            while True:
-                wake = self._wake  # taken before any await, so no notification is missed
-                if not self._stalled:
-                    await self._emit([], _Stalled.HOLD)  # held replies, then queued data
-                    if self._close_when_flushed:
-                        self._scope.cancel()
-                        return
-                await wake.wait()
+            await self._out.run()
         except GONE:
-            self._scope.cancel()
+            pass
+        self._scope.cancel()
