@@ -20,6 +20,7 @@ remaining levels follow alone; join the fields with ``:``; the value is
 
 from __future__ import annotations
 
+import bisect
 import random
 import zlib
 from collections.abc import Iterator
@@ -72,10 +73,30 @@ class SimBook:
         self.depth = depth
         self._bids: dict[int, int] = {}  # price ticks -> size units
         self._asks: dict[int, int] = {}
+        # Sorted keys, best first (bids stored negated): no sorting per step.
+        self._order: dict[bool, list[int]] = {True: [], False: []}
+        self._text: dict[bool, dict[int, Level]] = {True: {}, False: {}}  # rendered once per change
         half = max(1, mid_ticks // 20_000)
         for i in range(depth):
-            self._bids[mid_ticks - half - i] = self._size()
-            self._asks[mid_ticks + half + i] = self._size()
+            self._put(True, mid_ticks - half - i, self._size())
+            self._put(False, mid_ticks + half + i, self._size())
+
+    def _put(self, is_bid: bool, price: int, size: int) -> None:
+        levels = self._bids if is_bid else self._asks
+        if price not in levels:
+            bisect.insort(self._order[is_bid], -price if is_bid else price)
+        levels[price] = size
+        self._text[is_bid][price] = [render_price(price), render_size(size)]
+
+    def _remove(self, is_bid: bool, price: int) -> None:
+        del (self._bids if is_bid else self._asks)[price]
+        del self._text[is_bid][price]
+        keys = self._order[is_bid]
+        del keys[bisect.bisect_left(keys, -price if is_bid else price)]
+
+    def _price_at(self, is_bid: bool, index: int) -> int:
+        key = self._order[is_bid][index]
+        return -key if is_bid else key
 
     def _size(self) -> int:
         return self._rng.randint(1, 20 * _UNITS) if self._rng.random() < 0.2 else self._rng.randint(1, 2 * _UNITS)
@@ -86,11 +107,7 @@ class SimBook:
 
     def best(self) -> tuple[int, int]:
         """(best bid, best ask) in ticks."""
-        return max(self._bids), min(self._asks)
-
-    def _side(self, bids: bool) -> tuple[dict[int, int], list[int]]:
-        levels = self._bids if bids else self._asks
-        return levels, sorted(levels, reverse=bids)
+        return -self._order[True][0], self._order[False][0]
 
     def step(self) -> tuple[list[Level], list[Level]]:
         """Change 1 to 4 levels; returns the delta ``(bids, asks)`` (size ``"0.0000"``: removed), never empty."""
@@ -104,10 +121,10 @@ class SimBook:
         before: dict[tuple[bool, int], bool] = {}  # was the level there before this step?
         for _ in range(self._rng.randint(1, 4)):
             is_bid = self._rng.random() < 0.5
-            levels, prices = self._side(is_bid)
+            levels = self._bids if is_bid else self._asks
             action = self._rng.random()
             if action < 0.8:  # an existing level: a new size (mostly) or removed
-                price = prices[self._near_top(len(prices))]
+                price = self._price_at(is_bid, self._near_top(len(levels)))
                 remove = action >= 0.6 and len(levels) > self.depth // 2
             else:  # a new level, counted from just inside the opposite best price
                 best_bid, best_ask = self.best()
@@ -118,14 +135,15 @@ class SimBook:
                     continue
             before.setdefault((is_bid, price), price in levels)
             if remove and len(levels) > 1:  # never empty a side
-                del levels[price]
+                self._remove(is_bid, price)
             else:
-                levels[price] = self._size()
+                self._put(is_bid, price, self._size())
             changed[(is_bid, price)] = levels.get(price, 0)
+        band = self.depth + self.depth // 5
         for is_bid in (True, False):  # trim far levels beyond the band
-            levels, prices = self._side(is_bid)
-            for price in prices[self.depth + self.depth // 5 :]:
-                del levels[price]
+            while len(self._order[is_bid]) > band:
+                price = self._price_at(is_bid, -1)
+                self._remove(is_bid, price)
                 before.setdefault((is_bid, price), True)
                 changed[(is_bid, price)] = 0
         # a level added and removed within one step never existed for a client: leave it out
@@ -136,14 +154,18 @@ class SimBook:
 
     def levels(self, depth: int | None = None) -> tuple[list[Level], list[Level]]:
         """The best ``depth`` levels per side (all when None), best first, as decimal strings."""
-        bids = sorted(self._bids.items(), reverse=True)[:depth]
-        asks = sorted(self._asks.items())[:depth]
-        return [[render_price(p), render_size(s)] for p, s in bids], [[render_price(p), render_size(s)] for p, s in asks]
+        bids, asks = self._text[True], self._text[False]
+        return (
+            [list(bids[-k]) for k in self._order[True][:depth]],
+            [list(asks[k]) for k in self._order[False][:depth]],
+        )
 
     def checksum(self) -> int:
         """The checksum of the current book (see :func:`checksum`)."""
-        bids, asks = self.levels(CHECKSUM_DEPTH)
-        return checksum(bids, asks)
+        bids, asks = self._text[True], self._text[False]
+        top_bids = [bids[-k] for k in self._order[True][:CHECKSUM_DEPTH]]
+        top_asks = [asks[k] for k in self._order[False][:CHECKSUM_DEPTH]]
+        return checksum(top_bids, top_asks)
 
     def __iter__(self) -> Iterator[tuple[str, int, int]]:
         """Every level as ``("bid"|"ask", price ticks, size units)``."""
