@@ -229,12 +229,13 @@ class Manager:
                 log.exception("manager %s: state listener failed", self.setup.exchange)
 
     def _on_subscription_change(self, entry: Entry, source: SubState, dest: SubState, trigger: str) -> None:
-        self._streams.control(SubscriptionChanged(
-            subscription=entry.sub, source=SubState(source).value, dest=SubState(dest).value, trigger=trigger,
-            error=entry.error, connection=entry.slot, received=self._streams.now(),
-        ))  # fmt: skip
-        if dest == SubState.SUBSCRIBED.value:
+        if dest is SubState.SUBSCRIBED:
             entry.since = self._now()
+        if self._streams.streams:  # (an event nobody reads is not built: flush() makes 20,000 of these)
+            self._streams.control(SubscriptionChanged(
+                subscription=entry.sub, source=source.value, dest=dest.value, trigger=trigger,
+                error=entry.error, connection=entry.slot, received=self._streams.now(),
+            ))  # fmt: skip
         self._wake()
 
     def _now(self) -> float:

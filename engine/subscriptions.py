@@ -69,10 +69,17 @@ class Subscription:
     stale_after: float | None = attrs.field(default=None, eq=False, validator=_stale_after)
 
 
+    _key: tuple[Any, ...] = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        # (computed once: the ledger and flush() ask for it many times per subscription)
+        key = (self.channel, self.asset, self.symbols, self.interval, self.levels, self.params, self.authenticated)
+        object.__setattr__(self, "_key", key)
+
     @property
     def key(self) -> tuple[Any, ...]:
         """The identity the ledger uses (hashable)."""
-        return (self.channel, self.asset, self.symbols, self.interval, self.levels, self.params, self.authenticated)
+        return self._key
 
     def __str__(self) -> str:
         parts = [self.channel]

@@ -135,3 +135,28 @@ def test_direct_events_behave_like_the_stock_path(needs_auth: bool, steps: list[
         assert outcomes[0] == outcomes[1]
         assert direct_model.state == stock_model.state
     assert heard_direct == heard_stock
+
+
+@pytest.mark.parametrize("table", [t for t in TABLES_UNDER_TEST if t.name != "connection"], ids=lambda t: t.name)
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_direct_events_behave_like_the_stock_path_on_every_other_machine(table: Table, data: st.DataObject) -> None:
+    """The hook-free shortcut in DirectEvent (set the state, run after_state_change) against the
+    stock path, on every machine kind: same states, results, listener calls and errors."""
+    from machines.table import TableModel
+
+    model_class = type("Model", (TableModel,), {"table": table})
+    stock = table.build(Machine)
+    heard: tuple[list[Any], list[Any]] = ([], [])
+    direct_model = model_class(lambda *a: heard[0].append(a))
+    stock_model = model_class(lambda *a: heard[1].append(a))
+    for trigger in data.draw(st.lists(st.sampled_from(table.triggers), max_size=30)):
+        outcomes = []
+        for model, machine in ((direct_model, table.machine), (stock_model, stock)):
+            try:
+                outcomes.append(("ok", machine.events[trigger].trigger(model, info=trigger)))
+            except MachineError as exc:
+                outcomes.append(("error", str(exc)))
+        assert outcomes[0] == outcomes[1]
+        assert direct_model.state == stock_model.state
+    assert heard[0] == heard[1]
