@@ -22,20 +22,24 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.causes import SetupFailure
 from engine.clock import Clock, loop_clock
 from engine.errors import ConfigError
-from engine.events import Error, ErrorKind, Fill, OrderUpdate, StateChanged, Trade
+from engine.events import BookSnapshot, BookUpdate, Error, ErrorKind, Fill, OrderUpdate, StateChanged, Trade
 from engine.stream import ENGINE_EVENTS, ConflateKey, Policy, Stream, StreamStats, latest_key
 from machines.connection import State
+
+if TYPE_CHECKING:
+    from engine.bookkeeper import BookKeeper
 
 __all__ = ["ENGINE_EVENTS", "Outlet", "Policy", "Stream", "StreamStats", "Streams", "latest_key"]
 
 
 _MUTED = object()  # route marker: switched off by the setup (counted as filtered)
 _CONTROL = object()  # route marker: an engine event (to every stream)
+_BOOKS = object()  # route marker: a book event, for the order books first
 
 
 class Streams:
@@ -48,7 +52,7 @@ class Streams:
     default the running loop's, bound on first use).
     """
 
-    __slots__ = ("filtered", "unrouted", "_clock", "_muted", "_streams", "_routes", "_names")
+    __slots__ = ("filtered", "unrouted", "books", "_clock", "_muted", "_streams", "_routes", "_past_books", "_names")
 
     def __init__(self, clock: Clock | None = None, *, trades: bool = True, fills: bool = True) -> None:
         #: events muted by ``trade_feed`` / ``fills_feed``
@@ -64,7 +68,10 @@ class Streams:
         self._muted = tuple(muted)
         self._streams: list[Stream] = []
         self._routes: dict[tuple[type, str | None], Any] = {}
+        self._past_books: dict[tuple[type, str | None], tuple[Stream, ...]] = {}  # routes of what the books let through
         self._names = itertools.count(1)
+        #: the order books book events go through first (:mod:`engine.bookkeeper`), if kept
+        self.books: BookKeeper | None = None
 
     def now(self) -> float:
         """The injected clock's time."""
@@ -131,6 +138,7 @@ class Streams:
         )
         self._streams.append(stream)
         self._routes.clear()
+        self._past_books.clear()
         return stream
 
     def forget(self, stream: Stream) -> None:
@@ -138,6 +146,7 @@ class Streams:
         if stream in self._streams:
             self._streams.remove(stream)
             self._routes.clear()
+            self._past_books.clear()
 
     def publish(self, event: Any) -> Stream | None:
         """Route one event; returns a ``block`` stream it filled (its reader should wait), else None."""
@@ -149,11 +158,28 @@ class Streams:
         if routes is None:
             routes = self._route(key)
         if type(routes) is not tuple:
+            if routes is _BOOKS:
+                return self.books.take(event)  # type: ignore[union-attr]  # (_BOOKS only while books are kept)
             if routes is _MUTED:
                 self.filtered += 1
             else:
                 self.control(event)
             return None
+        return self._offer(event, routes)
+
+    def deliver(self, event: Any) -> Stream | None:
+        """Route one event to the streams that want it, past the books (the keeper's own way out)."""
+        key = (type(event), event.symbol)
+        routes = self._past_books.get(key)
+        if routes is None:
+            routes = self._past_books[key] = tuple(s for s in self._streams if s.wants(*key))
+        return self._offer(event, routes)
+
+    def wants(self, cls: type, symbol: str | None) -> bool:
+        """Whether an open stream takes ``cls`` events about ``symbol``."""
+        return any(s.wants(cls, symbol) for s in self._streams)
+
+    def _offer(self, event: Any, routes: tuple[Stream, ...]) -> Stream | None:
         full = None
         for stream in routes:
             if stream.offer(event):
@@ -167,6 +193,8 @@ class Streams:
         routes: Any
         if cls in ENGINE_EVENTS:
             routes = _CONTROL
+        elif self.books is not None and (cls is BookUpdate or cls is BookSnapshot):
+            routes = _BOOKS
         elif self._muted and issubclass(cls, self._muted):
             routes = _MUTED
         else:

@@ -42,6 +42,8 @@ from engine.errors import (
     WirestateError,
 )
 from engine.events import StateChanged, SubscriptionChanged
+from engine.bookkeeper import BookKeeper
+from engine.books import BookConfig, Books, BookView
 from engine.fleet import Fleet
 from engine.freshness import quiet
 from engine.ledger import SETTLED, Entry, Ledger
@@ -85,6 +87,10 @@ class Manager:
         self._model = ManagerModel(self._on_manager_change)
         # typed events of every connection (trade_feed / fills_feed: delivered at all or not)
         self._streams = Streams(clock, trades=setup.trade_feed, fills=setup.fills_feed)
+        if setup.orderbook is not None:
+            if not isinstance(setup.orderbook, BookConfig):
+                raise ConfigError(f"WebsocketSetup.orderbook must be a BookConfig, not {type(setup.orderbook).__name__}")
+            self._streams.books = BookKeeper(Books(setup.orderbook), self._streams, self._spawn, self._resync_book)
         self._ledger = Ledger(self._on_subscription_change)
         self._fleet = Fleet(
             setup, self._ledger, self._on_connection_change, dialer=dialer, clock=clock, rng=rng, governor=governor,
@@ -218,6 +224,8 @@ class Manager:
         if slot is not None and event.trigger in ("lost", "close"):
             for entry in self._ledger.of_slot(slot.id):
                 entry.fire_if("connection_lost")
+            if self._streams.books is not None:
+                self._streams.books.connection_lost(slot.id)
         self._wake()
         if slot is not None and event.trigger == "subscribed" and self._tg is not None:
             if self._ledger.pending(slot.id):  # placed while the session was subscribing
@@ -334,12 +342,43 @@ class Manager:
                     assert self._tg is not None
                     self._tg.start_soon(self._resubscribe_alone, slot, found)
 
-    async def _resubscribe_alone(self, slot: Slot, entries: list[Entry]) -> None:
-        conn, setup = slot.conn, slot.group.setup
+    def book(self, symbol: str, depth: int | None = None) -> BookView:
+        """``symbol``'s order book now, an immutable view (``WebsocketSetup.orderbook`` must be set).
+
+        Raises :class:`~engine.books.UnknownBook` for a symbol no book event came for yet.
+        """
+        if self._streams.books is None:
+            raise ConfigError("this manager keeps no order books: set WebsocketSetup.orderbook=BookConfig(...)")
+        return self._streams.books.view(symbol, depth)
+
+    def _spawn(self, func: Callable[..., Any], *args: Any) -> None:
+        if self._tg is not None:
+            self._tg.start_soon(func, *args)
+
+    def _resync_book(self, symbol: str, connection: str) -> None:
+        """A book that needs the exchange's snapshot again: resubscribe its subscription alone."""
+        slot = self._fleet.slots.get(connection)
+        books = self._streams.books
+        if slot is None or books is None or self._tg is None:
+            return
+        channel = books.books.config.channel
+        entries = [
+            e for e in self._ledger.of_slot(slot.id)
+            if e.sub.channel == channel and symbol in e.sub.symbols and e.state == SubState.SUBSCRIBED.value
+        ]  # fmt: skip
         for entry in entries:
-            assert entry.sub.stale_after is not None
-            entry.fire_if("stale", f"silent for more than {entry.sub.stale_after:g} s")
-        log.warning("%s: resubscribing quiet %s", slot.id, ", ".join(str(e.sub) for e in entries))
+            entry.fire("resync", f"the {symbol} book needs a new snapshot")
+        if entries:
+            self._tg.start_soon(self._resubscribe_alone, slot, entries, f"{symbol} book resync")
+
+    async def _resubscribe_alone(self, slot: Slot, entries: list[Entry], why: str = "") -> None:
+        conn, setup = slot.conn, slot.group.setup
+        if not why:
+            for entry in entries:
+                assert entry.sub.stale_after is not None
+                entry.fire_if("stale", f"silent for more than {entry.sub.stale_after:g} s")
+            why = "quiet"
+        log.warning("%s: resubscribing (%s) %s", slot.id, why, ", ".join(str(e.sub) for e in entries))
         try:
             if setup.unsubscriber is not None:
                 try:

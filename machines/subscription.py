@@ -4,7 +4,8 @@
 ack) → ``subscribed``; a reject or no answer → ``failed``; a drop of its
 connection → ``resubscribing`` (desired again on the next session) →
 ``subscribed``; a subscription silent past its own ``stale_after`` →
-``resubscribing`` too (sent again alone); ``unsubscribing`` → ``unsubscribed``. Fired on ledger events,
+``resubscribing`` too (sent again alone), as does one whose order book must
+start over (``resync``); ``unsubscribing`` → ``unsubscribed``. Fired on ledger events,
 never per message.
 """
 
@@ -42,6 +43,8 @@ TRANSITIONS: tuple[dict[str, Any], ...] = (
     {"trigger": "connection_lost", "source": [SubState.SUBSCRIBING, SubState.SUBSCRIBED], "dest": SubState.RESUBSCRIBING},
     # silent past its own stale_after on a connection that is otherwise fine: sent again alone
     {"trigger": "stale", "source": SubState.SUBSCRIBED, "dest": SubState.RESUBSCRIBING},
+    # its order book must start over from a snapshot the exchange sends only on subscribing
+    {"trigger": "resync", "source": SubState.SUBSCRIBED, "dest": SubState.RESUBSCRIBING},
     {"trigger": "unsubscribe", "source": SubState.SUBSCRIBED, "dest": SubState.UNSUBSCRIBING},
     {"trigger": "unsubscribed", "source": SubState.UNSUBSCRIBING, "dest": SubState.UNSUBSCRIBED},
     {"trigger": "unsubscribe_failed", "source": SubState.UNSUBSCRIBING, "dest": SubState.SUBSCRIBED},

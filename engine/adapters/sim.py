@@ -14,7 +14,9 @@ Data messages decode straight from JSON into msgspec Structs (one C call per
 message; the ``channel`` field picks ticker or trades), then into
 :class:`~engine.events.Ticker` / :class:`~engine.events.Trade` stamped with
 the connection id and the injected clock's receive time. Prices and sizes stay
-the exchange's strings. Replies (acks, pongs, logins) are not events; the
+the exchange's strings; ``book`` messages become
+:class:`~engine.events.BookSnapshot` / :class:`~engine.events.BookUpdate` (a
+manager with ``WebsocketSetup.orderbook`` keeps the books). Replies (acks, pongs, logins) are not events; the
 exchange's ``error`` replies become :class:`~engine.events.Error` (``EXCHANGE``)
 and anything that does not decode an ``Error`` (``DECODE``) keeping the raw
 message: the stream goes on.
@@ -28,7 +30,7 @@ import msgspec
 import orjson
 
 from engine import AuthenticationFailed, Subscription
-from engine.events import Error, ErrorKind, Event, Ticker, Trade
+from engine.events import BookSnapshot, BookUpdate, Error, ErrorKind, Event, Ticker, Trade
 
 __all__ = ["batch_handler", "decode", "handler", "login", "subscribe", "unsubscribe"]
 
@@ -52,7 +54,18 @@ class _TradeMessage(msgspec.Struct, tag_field="channel", tag="trades", frozen=Tr
     ts: float
 
 
-_decode = msgspec.json.Decoder(_TickerMessage | _TradeMessage).decode
+class _BookMessage(msgspec.Struct, tag_field="channel", tag="book", frozen=True, gc=False):
+    symbol: str
+    type: str  # "snapshot" | "update"
+    bids: tuple[tuple[str, str], ...]
+    asks: tuple[tuple[str, str], ...]
+    seq: int
+    ts: float
+    checksum: int | None = None
+    prev_seq: int | None = None
+
+
+_decode = msgspec.json.Decoder(_TickerMessage | _TradeMessage | _BookMessage).decode
 
 
 def decode(message: Message, connection: str = "", received: float = 0.0) -> Event | None:
@@ -61,6 +74,16 @@ def decode(message: Message, connection: str = "", received: float = 0.0) -> Eve
         wire = _decode(message)
     except msgspec.DecodeError as exc:
         return _not_data(message, connection, received, exc)
+    if isinstance(wire, _BookMessage):
+        if wire.type == "snapshot":
+            return BookSnapshot(
+                symbol=wire.symbol, bids=wire.bids, asks=wire.asks, seq=wire.seq, ts=wire.ts,
+                checksum=wire.checksum, connection=connection, received=received,
+            )  # fmt: skip
+        return BookUpdate(
+            symbol=wire.symbol, bids=wire.bids, asks=wire.asks, seq=wire.seq, prev_seq=wire.prev_seq,
+            ts=wire.ts, checksum=wire.checksum, connection=connection, received=received,
+        )  # fmt: skip
     if isinstance(wire, _TickerMessage):
         return Ticker(
             symbol=wire.symbol, bid=wire.bid, ask=wire.ask, seq=wire.seq, ts=wire.ts,

@@ -81,6 +81,10 @@ class BookConfig:
       every result that starts a resync says so (``BookResult.resubscribe``) and
       the caller resubscribes that symbol.
     - ``price_cache``: parsed prices kept per book (bounded; cleared when full).
+    - ``channel``: the subscription channel that carries books: under a
+      :class:`~engine.manager.Manager`, a symbol that needs a snapshot the
+      stream must send again (``resubscribe``, or no ``fetch_snapshot``) has
+      its subscription on this channel resubscribed alone.
     """
 
     buffer_limit: int = attrs.field(default=5, validator=_positive_int)
@@ -91,3 +95,4 @@ class BookConfig:
     fetch_timeout: float = attrs.field(default=10.0, validator=_timeout)
     resubscribe: bool = False
     price_cache: int = attrs.field(default=4096, validator=_positive_int)
+    channel: str = "book"
