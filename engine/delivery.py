@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from engine.causes import SetupFailure
 from engine.clock import Clock, loop_clock
@@ -31,15 +31,18 @@ from engine.events import BookSnapshot, BookUpdate, Error, ErrorKind, Fill, Orde
 from engine.stream import ENGINE_EVENTS, ConflateKey, Policy, Stream, StreamStats, latest_key
 from machines.connection import State
 
-if TYPE_CHECKING:
-    from engine.bookkeeper import BookKeeper
-
 __all__ = ["ENGINE_EVENTS", "Outlet", "Policy", "Stream", "StreamStats", "Streams", "latest_key"]
 
 
 _MUTED = object()  # route marker: switched off by the setup (counted as filtered)
 _CONTROL = object()  # route marker: an engine event (to every stream)
 _BOOKS = object()  # route marker: a book event, for the order books first
+
+
+class BookTaker(Protocol):
+    """What keeps the order books (:class:`engine.bookkeeper.BookKeeper`): book events go there first."""
+
+    def take(self, event: Any) -> Stream | None: ...
 
 
 class Streams:
@@ -71,7 +74,7 @@ class Streams:
         self._past_books: dict[tuple[type, str | None], tuple[Stream, ...]] = {}  # routes of what the books let through
         self._names = itertools.count(1)
         #: the order books book events go through first (:mod:`engine.bookkeeper`), if kept
-        self.books: BookKeeper | None = None
+        self.books: BookTaker | None = None
 
     def now(self) -> float:
         """The injected clock's time."""

@@ -87,10 +87,12 @@ class Manager:
         self._model = ManagerModel(self._on_manager_change)
         # typed events of every connection (trade_feed / fills_feed: delivered at all or not)
         self._streams = Streams(clock, trades=setup.trade_feed, fills=setup.fills_feed)
+        self._books: BookKeeper | None = None  # the order books, when the setup keeps them
         if setup.orderbook is not None:
             if not isinstance(setup.orderbook, BookConfig):
                 raise ConfigError(f"WebsocketSetup.orderbook must be a BookConfig, not {type(setup.orderbook).__name__}")
-            self._streams.books = BookKeeper(Books(setup.orderbook), self._streams, self._spawn, self._resync_book)
+            self._books = BookKeeper(Books(setup.orderbook), self._streams, self._spawn, self._resync_book)
+            self._streams.books = self._books
         self._ledger = Ledger(self._on_subscription_change)
         self._fleet = Fleet(
             setup, self._ledger, self._on_connection_change, dialer=dialer, clock=clock, rng=rng, governor=governor,
@@ -224,8 +226,8 @@ class Manager:
         if slot is not None and event.trigger in ("lost", "close"):
             for entry in self._ledger.of_slot(slot.id):
                 entry.fire_if("connection_lost")
-            if self._streams.books is not None:
-                self._streams.books.connection_lost(slot.id)
+            if self._books is not None:
+                self._books.connection_lost(slot.id)
         self._wake()
         if slot is not None and event.trigger == "subscribed" and self._tg is not None:
             if self._ledger.pending(slot.id):  # placed while the session was subscribing
@@ -347,9 +349,9 @@ class Manager:
 
         Raises :class:`~engine.books.UnknownBook` for a symbol no book event came for yet.
         """
-        if self._streams.books is None:
+        if self._books is None:
             raise ConfigError("this manager keeps no order books: set WebsocketSetup.orderbook=BookConfig(...)")
-        return self._streams.books.view(symbol, depth)
+        return self._books.view(symbol, depth)
 
     def _spawn(self, func: Callable[..., Any], *args: Any) -> None:
         if self._tg is not None:
@@ -358,7 +360,7 @@ class Manager:
     def _resync_book(self, symbol: str, connection: str) -> None:
         """A book that needs the exchange's snapshot again: resubscribe its subscription alone."""
         slot = self._fleet.slots.get(connection)
-        books = self._streams.books
+        books = self._books
         if slot is None or books is None or self._tg is None:
             return
         channel = books.books.config.channel
