@@ -49,12 +49,13 @@ def _check_rate(rate: object) -> None:
 
 
 class _Waiter:
-    """One queued acquire: its weight, and the event that makes it the head."""
+    """One queued acquire: its weight, whether it goes ahead (``first``), and the event that makes it the head."""
 
-    __slots__ = ("weight", "event")
+    __slots__ = ("weight", "first", "event")
 
-    def __init__(self, weight: int) -> None:
+    def __init__(self, weight: int, first: bool = False) -> None:
         self.weight = weight
+        self.first = first
         self.event: anyio.Event | None = None
 
 
@@ -129,11 +130,13 @@ class Limiter:
         if self._waiters or not self._take(w):
             self._refuse(w)
 
-    async def acquire(self, weight: int | None = None) -> None:
+    async def acquire(self, weight: int | None = None, *, first: bool = False) -> None:
         """Wait until ``weight`` tokens (default: the rate's ``weight``) are free, then take them.
 
         Waiters are served first come, first served; a cancelled waiter takes
-        nothing and delays nobody.
+        nothing and delays nobody. ``first=True`` (control frames: a pong, a
+        close reply) queues ahead of every ordinary waiter, behind the head
+        (whose turn may already be planned) and earlier ``first`` waiters.
 
         Raises:
             ConfigError: at once, if ``weight`` is not a positive integer or
@@ -146,7 +149,7 @@ class Limiter:
         else:
             w = self._checked(weight, self._capacity)
         if self._waiters or not self._take(w):
-            await self._queue(w)
+            await self._queue(w, first)
 
     async def __aenter__(self) -> Limiter:
         """``async with limiter:`` acquires the default weight."""
@@ -180,10 +183,16 @@ class Limiter:
             )
         return int(weight)
 
-    async def _queue(self, weight: int) -> None:
-        waiter = _Waiter(weight)
+    async def _queue(self, weight: int, first: bool = False) -> None:
+        waiter = _Waiter(weight, first)
         waiters = self._waiters
-        waiters.append(waiter)
+        if first and len(waiters) > 1:
+            at = 1
+            while at < len(waiters) and waiters[at].first:
+                at += 1
+            waiters.insert(at, waiter)
+        else:
+            waiters.append(waiter)
         try:
             if waiters[0] is not waiter:
                 event = waiter.event = anyio.Event()

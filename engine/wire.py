@@ -84,7 +84,7 @@ class Wire:
     async def write_control(self, data: bytes) -> None:
         """A frame the protocol itself needs out (pong, close, keepalive ping): first in line."""
         if self._limiter is not None and self._count_control:
-            await self._limiter.acquire(1)
+            await self._limiter.acquire(1, first=True)  # counted, but never behind queued sends
         await self._write(data, Priority.CONTROL)
 
     async def settle(self, rounds: int = 3) -> None:
