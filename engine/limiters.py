@@ -130,6 +130,21 @@ class Limiter:
         if self._waiters or not self._take(w):
             self._refuse(w)
 
+    def take(self, weight: int | None = None) -> bool:
+        """:meth:`acquire`'s fast path alone: take ``weight`` tokens now if nobody is queued and they fit.
+
+        False takes nothing (then ``await acquire()`` waits for them); raises
+        :class:`ConfigError` for a weight :meth:`acquire` refuses. For callers
+        that wrap only the waiting path (in a cancel scope, say).
+        """
+        if weight is None:
+            w = self._weight
+        elif type(weight) is int and 0 < weight <= self._capacity:
+            w = weight
+        else:
+            w = self._checked(weight, self._capacity)
+        return not self._waiters and self._take(w)
+
     async def acquire(self, weight: int | None = None, *, first: bool = False) -> None:
         """Wait until ``weight`` tokens (default: the rate's ``weight``) are free, then take them.
 

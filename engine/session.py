@@ -109,7 +109,7 @@ async def _teardown(conn: SessionHost, wire: Wire, *, own_cancel: bool) -> None:
         # (another task may be writing our close frame right now: let it land)
         await wire.settle()
     finally:
-        wire.gate.close()
+        wire.shut()
         if conn._requests:  # (no exception built for nobody)
             conn._requests.fail_all(
                 ConnectionLost(f"{conn.id}: connection lost while a request was pending; its outcome is unknown", conn.cause)

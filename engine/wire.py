@@ -16,7 +16,7 @@ import anyio
 import anyio.lowlevel
 
 from engine.causes import Cause, TransportError
-from engine.errors import ConnectionClosed, NotConnected
+from engine.errors import ConnectionClosed, ConnectionLost, NotConnected
 from engine.sendqueue import Priority, SendQueue
 from transports.base import NO_CAPABILITIES, ByteStream, Capabilities, capabilities_of
 from transports.websocket import ClientProtocol
@@ -27,6 +27,7 @@ TRANSPORT_ERRORS = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceErro
 #: what a control write (pong, close frame, ping) may fail with when the session is going away:
 #: the stream broke, or the send queue was closed (ConnectionLost) or never opened (NotConnected)
 WRITE_FAILED = (*TRANSPORT_ERRORS, NotConnected, ConnectionClosed)
+_UNSENT = "the session ended before this frame was sent"
 
 
 def describe(exc: BaseException) -> str:
@@ -47,7 +48,7 @@ class Wire:
 
     __slots__ = (
         "scope", "setup_scope", "stream", "proto", "caps", "gate", "last_rx", "live_since", "_end", "_limiter",
-        "_count_control",
+        "_count_control", "_metered",
     )  # fmt: skip
 
     def __init__(
@@ -70,11 +71,20 @@ class Wire:
         self._end = end  # ends the session with a cause (the connection's)
         self._limiter = limiter  # the connection's rate limit (an engine.ratelimit.Limiter), or None
         self._count_control = count_control
+        # the scopes of sends waiting for rate-limit tokens; None once the session is over
+        self._metered: set[anyio.CancelScope] | None = set()
 
     def attach(self, stream: ByteStream, proto: ClientProtocol, now: float) -> None:
         self.stream, self.proto = stream, proto
         self.caps = capabilities_of(stream)
         self.last_rx = now
+
+    def shut(self) -> None:
+        """The session is over: every send waiting (for tokens or for its turn) fails with ConnectionLost."""
+        self.gate.close()
+        metered, self._metered = self._metered, None
+        for scope in metered or ():
+            scope.cancel()
 
     def stop_setup(self) -> None:
         """Cancel the connector/subscriber if it is still running."""
@@ -101,13 +111,33 @@ class Wire:
             await anyio.lowlevel.cancel_shielded_checkpoint()
 
     async def write_data(self, data: bytes, priority: int = Priority.NORMAL, weight: int | None = None) -> None:
-        """A frame the application sends, after the rate limit; transport errors become :class:`NotConnected`."""
-        if self._limiter is not None:
-            await self._limiter.acquire(weight)
+        """A frame the application sends, after the rate limit; transport errors become :class:`NotConnected`.
+
+        A send still waiting for its tokens when the session ends fails at once
+        with :class:`ConnectionLost` and gives its place up (:meth:`shut`), so
+        the next session's sends never wait behind dead ones.
+        """
+        limiter = self._limiter
+        if limiter is not None and not limiter.take(weight):
+            await self._wait_for_tokens(limiter, weight)
         try:
             await self._write(data, priority)
         except TRANSPORT_ERRORS as exc:
             raise NotConnected(f"send failed: {describe(exc)}") from None
+
+    async def _wait_for_tokens(self, limiter: Any, weight: int | None) -> None:
+        metered = self._metered
+        if metered is None:
+            raise ConnectionLost(_UNSENT)
+        # (a cancel scope only on this slow path: ~3.5 us each on asyncio, ~6.6 on trio)
+        with anyio.CancelScope() as scope:
+            metered.add(scope)
+            try:
+                await limiter.acquire(weight)
+            finally:
+                metered.discard(scope)
+        if scope.cancelled_caught:
+            raise ConnectionLost(_UNSENT)
 
     async def _write(self, data: bytes, priority: int) -> None:
         stream = self.stream

@@ -606,12 +606,6 @@ async def test_a_close_frame_is_answered_ahead_of_sends_queued_behind_the_rate_l
     sends.check(sim)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sends waiting for rate-limit tokens when their session ends keep their place in the limiter: "
-    "they raise ConnectionLost only when their token comes, and the tokens they spend delay the next "
-    "session's resubscribe",
-)
 async def test_sends_queued_when_the_session_ends_fail_at_once_and_do_not_delay_the_resubscribe() -> None:
     watch = Watch()
     sends = Sends()
