@@ -180,11 +180,14 @@ class Sends:
         ids = [orjson.loads(t).get("id") for received in sim.log for _, t in received]
         return sum(1 for i in ids if isinstance(i, str) and i.startswith("send-"))
 
-    def check(self, sim: SimExchange) -> None:
+    def check(self, sim: SimExchange, *, session_lost: bool = True) -> None:
         reached = self.reached(sim)
         assert self.refused == 0
         assert reached + self.lost == self.made, (reached, self.lost, self.made)
-        assert reached >= 1 and self.lost >= 1  # the fault really hit a queue mid-way
+        if session_lost:
+            assert reached >= 1 and self.lost >= 1  # the fault really hit a queue mid-way
+        else:
+            assert reached == self.returned == self.made  # the session lived on: every send went out
 
 
 async def queued_sends_through(
@@ -260,7 +263,7 @@ async def test_a_close_reconnects_and_resubscribes_exactly_once_with_queued_send
     watch = Watch()
     sends = Sends()
     async with SimExchange(log_limit=LOG, rate=5.0) as sim:
-        manager = managed(sim, watch, rate_limit=RateLimit.per(1.0, 2, count_control=False))
+        manager = managed(sim, watch, rate_limit=RateLimit.per(1.0, 2))
         with anyio.fail_after(120):
             async with manager:
                 await manager.wait_for(SLOT, State.LIVE)
@@ -284,6 +287,7 @@ async def test_a_close_reconnects_and_resubscribes_exactly_once_with_queued_send
                 else:
                     assert lost.cause == ClosedByPeer(code, "bye")
                 assert lost.delay is not None and lost.delay > 0
+                assert watch.changes[mark + 1].at - lost.at == pytest.approx(lost.delay)  # backed off that long
                 assert subscribes(sim) == [[("ticker", "BTC-USD"), ("trades", "ETH-USD")]] * 2
     sends.check(sim)
 
@@ -418,8 +422,11 @@ async def test_a_book_fault_resyncs_that_symbol_alone_and_every_book_ends_exact(
 async def test_malformed_json_is_an_error_event_and_the_connection_stays_live() -> None:
     watch = Watch()
     events: list[Any] = []
+    sends = Sends()
     async with SimExchange(log_limit=LOG, rate=5.0) as sim:
-        manager = managed(sim, watch, handler=None, batch_handler=adapter.batch_handler)
+        manager = managed(
+            sim, watch, handler=None, batch_handler=adapter.batch_handler, rate_limit=RateLimit.per(1.0, 2)
+        )
         with anyio.fail_after(120):
             async with manager:
                 stream = manager.stream()
@@ -432,9 +439,8 @@ async def test_malformed_json_is_an_error_event_and_the_connection_stays_live() 
                     tg.start_soon(consume)
                     await manager.wait_for(SLOT, State.LIVE)
                     mark = len(watch.changes)
-                    await sim.send_malformed()
                     before = len(events)
-                    await anyio.sleep(2)
+                    await queued_sends_through(manager, sends, sim.send_malformed)
                     assert len(events) > before + 5  # data kept flowing
                     await assert_healed(manager, sim)
                     assert watch.steps(mark) == [] and sim.accepted == 1
@@ -442,19 +448,25 @@ async def test_malformed_json_is_an_error_event_and_the_connection_stays_live() 
     errors = [e for e in events if isinstance(e, Error)]
     assert [e.kind for e in errors] == [ErrorKind.DECODE]
     assert errors[0].raw == '{"channel":"ticker","symbol":' and errors[0].connection == SLOT
+    sends.check(sim, session_lost=False)
 
 
 async def test_an_oversize_message_is_closed_1009_by_us_then_reconnects_and_resubscribes() -> None:
     watch = Watch()
+    sends = Sends()
     async with SimExchange(log_limit=LOG, rate=5.0) as sim:
-        manager = managed(sim, watch, max_message_size=4096)
+        manager = managed(sim, watch, max_message_size=4096, rate_limit=RateLimit.per(1.0, 2))
         with anyio.fail_after(120):
             async with manager:
                 await manager.wait_for(SLOT, State.LIVE)
                 conn = manager.connection(SLOT)
                 mark = len(watch.changes)
-                await sim.send_oversize(10_000)
-                await manager.wait_for(SLOT, State.RECONNECTING)
+
+                async def fault() -> None:
+                    await sim.send_oversize(10_000)
+                    await manager.wait_for(SLOT, State.RECONNECTING)
+
+                await queued_sends_through(manager, sends, fault)
                 await assert_healed(manager, sim)
                 assert watch.steps(mark) == [("live", "reconnecting", "lost"), *AGAIN]
                 cause = watch.changes[mark].cause
@@ -463,6 +475,7 @@ async def test_an_oversize_message_is_closed_1009_by_us_then_reconnects_and_resu
                 assert subscribes(sim) == [[("ticker", "BTC-USD"), ("trades", "ETH-USD")]] * 2
     closes = [e.data for e in sim.transcripts[0] if e.direction == "in" and e.kind == "close"]
     assert [c.split()[0] for c in closes] == ["1009"]
+    sends.check(sim)
 
 
 # -- duplicate and out-of-order answers ------------------------------------------------------------------
@@ -533,17 +546,27 @@ async def test_a_ping_storm_is_answered_ping_for_ping_and_data_keeps_flowing() -
 
 async def test_a_lifetime_close_reconnects_and_resubscribes() -> None:
     watch = Watch()
+    sends = Sends()
     async with SimExchange(log_limit=LOG, rate=5.0, lifetime=30.0) as sim:
-        manager = managed(sim, watch)
+        start = anyio.current_time()
+        manager = managed(sim, watch, rate_limit=RateLimit.per(1.0, 2))
         with anyio.fail_after(120):
             async with manager:
                 await manager.wait_for(SLOT, State.LIVE)
                 mark = len(watch.changes)
-                await anyio.sleep(31)
+                await anyio.sleep(start + 28.8 - anyio.current_time())
+
+                async def fault() -> None:  # the lifetime ends 30 s after the handshake
+                    await manager.wait_for(SLOT, State.RECONNECTING)
+
+                await queued_sends_through(manager, sends, fault)
                 await assert_healed(manager, sim)
+                # the close came 30 s after the handshake; our reply waits for a token (counted, 2/s)
+                assert 30.0 - 1e-6 <= watch.changes[mark].at - start <= 31.0 + 1e-6
                 assert watch.steps(mark) == [("live", "reconnecting", "lost"), *AGAIN]
                 assert watch.changes[mark].cause == ClosedByPeer(1001, "lifetime")
                 assert subscribes(sim) == [[("ticker", "BTC-USD"), ("trades", "ETH-USD")]] * 2
+    sends.check(sim)
 
 
 def identity(message: str | bytes) -> Any:
