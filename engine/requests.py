@@ -5,7 +5,11 @@ never missed. Incoming messages are offered only while something is pending,
 through one per-connection ``response_key(message)`` (from the setup; by
 default the ``"id"`` of a JSON object): never one matcher per pending request.
 A ``response_key`` that raises on some message (a heartbeat that is not JSON)
-counts as no match: counted, logged once, the stream goes on.
+counts as no match: counted, logged once, the stream goes on. With the default
+key, a socket read whose bytes hold no ``"id"`` skips the matcher altogether
+(one C search per read instead of a JSON parse per message; measured: a
+stream with one request pending runs at ~0.77x the rate with none, was
+~0.27x). An id key spelled with JSON escapes would not be seen.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ def json_id(message: Message) -> Hashable | None:
         return None
     if type(decoded) is dict:
         key = decoded.get("id")
+        if type(key) is int or type(key) is str:  # (the common ids, without the slower ABC check)
+            return key
         return key if isinstance(key, Hashable) else None
     return None
 
@@ -60,7 +66,9 @@ class Pending:
 class Requests:
     """The pending requests of one connection, by key."""
 
-    __slots__ = ("_pending", "_response_key", "_owner", "_clock", "_expired", "key_errors", "late_responses", "observer")
+    __slots__ = (
+        "_pending", "_response_key", "by_json_id", "_owner", "_clock", "_expired", "key_errors", "late_responses", "observer",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -71,6 +79,9 @@ class Requests:
     ) -> None:
         self._pending: dict[Hashable, Pending] = {}
         self._response_key = response_key
+        #: answers carry ``"id"`` in their raw bytes (the default key): reads without it are
+        #: passed by without a parse per message (engine.reader)
+        self.by_json_id = response_key is json_id
         self._owner = owner
         self._clock = clock
         # keys whose wait timed out -> until when a late answer is watched for (bounded, in

@@ -138,3 +138,39 @@ async def test_ten_thousand_concurrent_requests_resolve_and_leave_nothing_pendin
     await run_with(answering(), body, latency_observer=lambda conn, key, took: latencies.append(took))
     assert sorted(done) == list(range(10_000))
     assert len(latencies) == 10_000 and all(t >= 0 for t in latencies)
+
+
+async def test_an_answer_cut_anywhere_between_reads_still_answers_while_data_streams() -> None:
+    """With a request pending, reads without ``"id"`` skip the matcher (engine/reader.py); an
+    answer whose bytes are cut at any point, across two or three reads, must still be found."""
+    data = orjson.dumps({"channel": "trades", "symbol": "BTC-USD", "price": "1.0", "seq": 1}).decode()
+    answer_text = orjson.dumps({"result": "ok", "id": 7, "pad": "x" * 20}).decode()
+    handled: list[str] = []
+
+    async def script(side: ServerSide) -> None:
+        await side.accept()
+        frame = side.text_frame(answer_text)
+        noise = side.text_frame(data)
+        cuts = [(k,) for k in range(1, len(frame))] + [(k, k + 3) for k in range(1, len(frame) - 3, 5)]
+        cuts.append(tuple(range(1, len(frame))))  # and one byte per read
+        for cut in cuts:
+            request = await side.next_message()
+            assert request is not None and orjson.loads(request)["id"] == 7
+            pieces, start = [], 0
+            for end in (*cut, len(frame)):
+                pieces.append(frame[start:end])
+                start = end
+            for i, piece in enumerate(pieces):
+                # data before the answer's first piece and after its last, in the same reads
+                await side.send_raw((noise if i == 0 else b"") + piece + (noise if i == len(pieces) - 1 else b""))
+                await anyio.sleep(0.001)  # one read each
+        await side.next_message()
+
+    async def body(conn: Connection) -> None:
+        frame_length = len(answer_text) + 2
+        for _ in range(frame_length - 1 + len(range(1, frame_length - 3, 5)) + 1):
+            assert orjson.loads(await conn.request({"op": "get", "id": 7}, key=7, timeout=5))["id"] == 7
+
+    conn = await run_with(script, body, handler=lambda conn, message: handled.append(message))
+    assert conn.sessions == 1
+    assert handled and all(m == data for m in handled)  # every answer matched, no answer reached the handler

@@ -123,6 +123,11 @@ class FrameDecoder:
         self.controls = False
 
     @property
+    def holding(self) -> bool:
+        """True while bytes of an unfinished frame or message are kept (the next feed may complete it)."""
+        return bool(self._chunks) or self._op != 0
+
+    @property
     def finished(self) -> bool:
         """True once a :class:`Close` or :class:`Failure` has been returned."""
         return self._finished

@@ -197,6 +197,13 @@ class ClientProtocol:
             return self._receive_wsproto(data)
         return []
 
+    @property
+    def holding(self) -> bool:
+        """True while part of a frame or message is kept for the next :meth:`receive_data`
+        (always True off the fast path: the reference decoder does not say)."""
+        decoder = self._decoder
+        return True if decoder is None else decoder.holding
+
     def receive_eof(self) -> list[object]:
         """The peer closed the byte stream."""
         if self.state is ProtocolState.CONNECTING and self._handshake is not None:
