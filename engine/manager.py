@@ -58,6 +58,8 @@ __all__ = ["ConnectionInfo", "Manager", "SubscriptionInfo"]
 
 log = logging.getLogger("wirestate.manager")
 
+_FAILED = SubState.FAILED.value
+
 
 class Manager:
     """Coordinates one exchange's connections and subscriptions (see the module doc).
@@ -424,7 +426,8 @@ class Manager:
         """Add subscriptions (to setup ``group``, default the first that takes subscriptions).
 
         Raises :class:`DuplicateSubscription` (nothing added) if a key is
-        already in the ledger or repeated. With ``wait`` it returns once each
+        already in the ledger or repeated; a key whose subscribe *failed* is
+        sent again instead (on its connection). With ``wait`` it returns once each
         is acked, raising :class:`SubscriptionFailed` naming the rejected ones
         or :class:`RequestTimeout` naming the unanswered ones after ``timeout``
         (default: the setup's open + setup timeouts).
@@ -436,6 +439,14 @@ class Manager:
             raise WirestateError(f"subscribe while the manager is {self.state.value}")
         keys = [s.key for s in subs]
         dupes = repeated(keys, self._ledger)
+        failed = [e for e in map(self._ledger.get, dict.fromkeys(dupes)) if e is not None and e.state == _FAILED]
+        if failed and len(failed) == len(dupes):  # (only failed ones, each once: asked again)
+            retried = {e.sub.key for e in failed}
+            await self._retry(failed, wait=wait, timeout=timeout)
+            subs = [s for s in subs if s.key not in retried]
+            if not subs:
+                return
+            dupes = ()
         if dupes:
             raise DuplicateSubscription(f"already subscribed: {names(subs, dupes)}", dupes)
         kinds = {s.authenticated for s in subs}
@@ -456,6 +467,24 @@ class Manager:
         if wait:
             bound = timeout if timeout is not None else chosen.setup.open_timeout + chosen.setup.setup_timeout
             await self._settle([e for entries in placed.values() for e in entries], bound)
+
+    async def _retry(self, entries: list[Entry], *, wait: bool, timeout: float | None) -> None:
+        """Send failed subscriptions again on their connections (those not streaming send them on connect)."""
+        by_slot: dict[str, list[Entry]] = {}
+        for entry in entries:
+            by_slot.setdefault(entry.slot, []).append(entry)
+        bound = 0.0
+        async with anyio.create_task_group() as tg:
+            for slot_id, mine in by_slot.items():
+                slot = self._fleet.slots.get(slot_id)
+                if slot is None:
+                    continue
+                setup = slot.group.setup
+                bound = max(bound, setup.open_timeout + setup.setup_timeout)
+                if slot.streaming and setup.subscriber is not None:
+                    tg.start_soon(send_subscribe, slot.conn, mine, setup.subscriber)
+        if wait:
+            await self._settle(entries, timeout if timeout is not None else bound)
 
     async def _settle(self, entries: list[Entry], bound: float) -> None:
         with anyio.move_on_after(bound):
@@ -511,10 +540,14 @@ class Manager:
             if not self.setup.use_multi_connection_management:
                 # single style: one generator for all; each connection takes its kind
                 desired = {k: s for k, s in desired.items() if s.authenticated == group.setup.authenticated}
-            actual = {e.sub.key: e.sub for e in self._ledger.entries() if e.group == group.name}
+            mine = [e for e in self._ledger.entries() if e.group == group.name]
+            actual = {e.sub.key: e.sub for e in mine}
             gone = [sub for key, sub in actual.items() if key not in desired]
             new = [sub for key, sub in desired.items() if key not in actual]
+            failed = [e for e in mine if e.state == _FAILED and e.sub.key in desired]
             if gone:
                 await self.unsubscribe(gone)
+            if failed:
+                await self._retry(failed, wait=wait, timeout=None)  # (refused before: asked again)
             if new:
                 await self.subscribe(new, group=group.name, wait=wait)

@@ -651,11 +651,6 @@ async def test_sends_queued_when_the_session_ends_fail_at_once_and_do_not_delay_
     sends.check(sim)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a FAILED ledger entry blocks subscribe() of its key (DuplicateSubscription) and flush() skips it: "
-    "the user has to unsubscribe the failed key before asking again",
-)
 async def test_subscribing_again_to_a_refused_subscription_retries_it() -> None:
     watch = Watch()
     extra = Subscription("ticker", "ETH-USD")

@@ -350,3 +350,26 @@ async def test_fifty_connections_dropped_at_once_reconnect_within_the_host_budge
     most_in_a_window = max(sum(1 for t in again if start <= t < start + 10.0 - 1e-6) for start in again)
     assert most_in_a_window <= 5
     assert again[-1] - again[0] >= 90.0 - 1e-3  # ten windows of five
+
+
+async def test_a_refused_subscription_is_asked_again_by_flush_and_by_subscribe(sim: SimExchange) -> None:
+    wanted = trades("S0", "S1")
+    manager = Manager(multi(4), dialer=sim.dialer())
+    manager.add_connection(public(lambda: list(wanted)), name="spot")
+    with anyio.fail_after(120):
+        async with manager:
+            sim.reject_subscribes(1)
+            wanted.append(Subscription("trades", "S2"))
+            with pytest.raises(SubscriptionFailed, match="S2"):
+                await manager.flush()
+            assert {str(i.subscription): i.state for i in manager.subscriptions()}["trades:S2"] is SubState.FAILED
+            await manager.flush()  # the failed one is sent again, nothing else
+            assert all(i.state is SubState.SUBSCRIBED for i in manager.subscriptions())
+            sim.reject_subscribes(1)
+            with pytest.raises(SubscriptionFailed):
+                await manager.subscribe(trades("S3"))
+            with pytest.raises(DuplicateSubscription):
+                await manager.subscribe(trades("S0"))  # a live one is still a duplicate
+            await manager.subscribe(trades("S3"))  # asked again: retried, not a duplicate
+            assert all(i.state is SubState.SUBSCRIBED for i in manager.subscriptions())
+    assert sorted(sent(sim)[0]) == ["trades:S0", "trades:S1", "trades:S2", "trades:S2", "trades:S3", "trades:S3"]
