@@ -25,7 +25,7 @@ from engine.ledger import Entry, Ledger
 from engine.rotation import Rotation
 from engine.subscriptions import Subscription
 from machines.connection import State
-from machines.subscription import SubState
+from machines.subscription import SUBSCRIPTION, SubState
 
 __all__ = ["ConnectionInfo", "Group", "Slot", "send_subscribe", "send_unsubscribe", "slot_setup"]
 
@@ -181,7 +181,7 @@ async def send_subscribe(
     not the connection; losing the connection meanwhile is the connection's
     business (the entries go back to resubscribing with it).
     """
-    sending = [e for e in entries if e.fire_if("send")]
+    sending = SUBSCRIPTION.fire_all(entries, "send")
     if not sending:
         return
     try:
@@ -194,9 +194,8 @@ async def send_subscribe(
         for entry in sending:
             entry.fire_if("rejected", why)
         return
-    for entry in sending:
-        if entry.fire_if("acked"):
-            entry.error = None
+    for entry in SUBSCRIPTION.fire_all(sending, "acked"):
+        entry.error = None
 
 
 async def send_unsubscribe(

@@ -160,3 +160,30 @@ def test_direct_events_behave_like_the_stock_path_on_every_other_machine(table: 
         assert outcomes[0] == outcomes[1]
         assert direct_model.state == stock_model.state
     assert heard[0] == heard[1]
+
+
+@pytest.mark.parametrize("table", [t for t in TABLES_UNDER_TEST if t.name != "connection"], ids=lambda t: t.name)
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_fire_all_moves_exactly_the_models_a_trigger_each_would(table: Table, data: st.DataObject) -> None:
+    """Table.fire_all (many models, one trigger) against firing each through the stock machine:
+    the same models move, to the same states, with the same listener calls, in order."""
+    from machines.table import TableModel
+
+    model_class = type("Model", (TableModel,), {"table": table})
+    stock = table.build(Machine)
+    count = data.draw(st.integers(1, 6))
+    heard: tuple[list[Any], list[Any]] = ([], [])
+    ours = [model_class(lambda *a, i=i: heard[0].append((i, *a))) for i in range(count)]
+    theirs = [model_class(lambda *a, i=i: heard[1].append((i, *a))) for i in range(count)]
+    for trigger in data.draw(st.lists(st.sampled_from(table.triggers), max_size=20)):
+        picked = data.draw(st.lists(st.integers(0, count - 1), unique=True))
+        moved = table.fire_all([ours[i] for i in picked], trigger, info=trigger)
+        expected = []
+        for i in picked:
+            if theirs[i].may_fire(trigger):
+                stock.events[trigger].trigger(theirs[i], info=trigger)
+                expected.append(i)
+        assert [ours.index(m) for m in moved] == expected
+        assert [m.state for m in ours] == [m.state for m in theirs]
+    assert heard[0] == heard[1]
