@@ -31,7 +31,8 @@ from engine.rotation import Rotation
 from engine.slots import Group, Slot, send_subscribe, slot_setup
 from engine.subscriptions import Subscription
 from machines.connection import State
-from transports.base import Dialer
+from engine.dialing import default_dialer
+from transports.base import URL, ByteStream, Dialer
 
 __all__ = ["Fleet"]
 
@@ -60,6 +61,7 @@ class Fleet:
         self._ledger = ledger
         self._listener = listener
         self._dialer = dialer
+        self._dialing: anyio.Semaphore | None = None  # bounds simultaneous dials (WebsocketSetup.max_dialing)
         self._clock = clock
         self._rng = rng
         self._governor = governor
@@ -108,8 +110,20 @@ class Fleet:
         if setup.policy is None and self._governor is not None:
             # connections to one host share that host's attempt budget
             setup = attrs.evolve(setup, policy=self._governor.for_host(setup.parsed_url.host))
-        conn = Connection(setup, dialer=self._dialer, clock=self._clock, id=slot.id, rng=self._rng, streams=self.streams)
+        conn = Connection(setup, dialer=self._metered_dialer(setup), clock=self._clock, id=slot.id, rng=self._rng, streams=self.streams)
         return conn
+
+    def _metered_dialer(self, setup: ConnectionSetup) -> Dialer:
+        """The connection's dialer, at most ``max_dialing`` of the fleet's dials at a time."""
+        inner = self._dialer if self._dialer is not None else default_dialer(setup.ssl_context)
+
+        async def dial(url: URL) -> ByteStream:
+            if self._dialing is None:
+                self._dialing = anyio.Semaphore(self.ws.max_dialing)  # (made in the loop, on first use)
+            async with self._dialing:
+                return await inner(url)
+
+        return dial
 
     def new_slot(self, group: Group) -> Slot:
         """A new connection of ``group``, started (it dials in the background)."""
@@ -123,11 +137,8 @@ class Fleet:
         slot.conn = self._connection(slot)
         group.slots.append(slot)
         self.slots[slot.id] = slot
-        self.tg.start_soon(self._run, slot.conn)
+        self.tg.start_soon(slot.conn.run)  # (no wrapper: its frame would live as long as the connection)
         return slot
-
-    async def _run(self, conn: Connection, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        await conn.run(task_status=task_status)
 
     async def retire(self, slot: Slot, reason: str) -> None:
         """Close ``slot`` with 1000 and forget it: it is not redialled."""
@@ -213,7 +224,7 @@ class Fleet:
                 rotation.fire("abort", "the old connection went down first; it resubscribes on its own")
                 return
             new = slot.successor = self._connection(slot, moved)
-            await self.tg.start(self._run, new)
+            await self.tg.start(new.run)
             with anyio.move_on_after(setup.open_timeout + setup.setup_timeout):
                 try:
                     await new.wait_for(State.LIVE, State.RECONNECTING, State.DISCONNECTED)
@@ -318,7 +329,7 @@ class Fleet:
         """Run a stopped slot's connection again; returns once it is connecting."""
         assert self.tg is not None, "connections run while the manager runs"
         slot.enabled = True
-        await self.tg.start(self._run, slot.conn)
+        await self.tg.start(slot.conn.run)
 
     async def set_url(self, name: str, url: str) -> None:
         """Point a setup at a new URL: its connections close and reconnect there (same ids)."""

@@ -142,29 +142,33 @@ def slot_setup(
     """
     group, slot_id = slot.group, slot.id
     user_subscriber = group.setup.subscriber
+    generate: Callable[[], list[Entry]] | None = None
+    subscribe: Callable[[Connection, list[Entry]], Awaitable[None]] | None = None
+    if user_subscriber is not None and moved is None:
 
-    def pending() -> list[Entry]:
-        return ledger.pending(slot_id)
+        def generate() -> list[Entry]:
+            return ledger.pending(slot_id)
 
-    async def subscriber(conn: Connection, entries: list[Entry]) -> None:
-        if user_subscriber is not None and entries:
-            await send_subscribe(conn, entries, user_subscriber)
+        async def subscribe(conn: Connection, entries: list[Entry]) -> None:
+            if entries:
+                await send_subscribe(conn, entries, user_subscriber)
 
-    def streamed() -> list[Entry]:
-        return [e for e in ledger.of_slot(slot_id) if e.state in _MOVING]
+    elif user_subscriber is not None and moved is not None:
 
-    async def move(conn: Connection, entries: list[Entry]) -> None:
-        # a failure here fails the replacement's session, and with it the rotation
-        if user_subscriber is not None and entries:
-            await user_subscriber(conn, [e.sub for e in entries])
-        assert moved is not None
-        moved.update((e.sub.key, e.sub) for e in entries)
+        def generate() -> list[Entry]:  # what the slot streams or is about to
+            return [e for e in ledger.of_slot(slot_id) if e.state in _MOVING]
+
+        async def subscribe(conn: Connection, entries: list[Entry]) -> None:
+            # a failure here fails the replacement's session, and with it the rotation
+            if entries:
+                await user_subscriber(conn, [e.sub for e in entries])
+            moved.update((e.sub.key, e.sub) for e in entries)
 
     setup = attrs.evolve(
         group.setup,
         name=slot_id,
-        generate_subscriptions=(pending if moved is None else streamed) if user_subscriber is not None else None,
-        subscriber=(subscriber if moved is None else move) if user_subscriber is not None else None,
+        generate_subscriptions=generate,
+        subscriber=subscribe,
         on_state_change=(*group.setup.on_state_change, *listeners),
     )
     if slot.rotation is not None or slot.freshness is not None:

@@ -373,3 +373,30 @@ async def test_a_refused_subscription_is_asked_again_by_flush_and_by_subscribe(s
             await manager.subscribe(trades("S3"))  # asked again: retried, not a duplicate
             assert all(i.state is SubState.SUBSCRIBED for i in manager.subscriptions())
     assert sorted(sent(sim)[0]) == ["trades:S0", "trades:S1", "trades:S2", "trades:S2", "trades:S3", "trades:S3"]
+
+
+async def test_at_most_max_dialing_connections_dial_at_once(sim: SimExchange) -> None:
+    inner = sim.dialer()
+    dialing, most = 0, 0
+
+    async def slow_dial(url: Any) -> Any:
+        nonlocal dialing, most
+        dialing += 1
+        most = max(most, dialing)
+        try:
+            await anyio.sleep(1.0)  # a slow connect (TLS across the world)
+            return await inner(url)
+        finally:
+            dialing -= 1
+
+    manager = Manager(multi(1, max_dialing=3), dialer=slow_dial)
+    manager.add_connection(public(lambda: trades(*SYMBOLS)), name="spot")
+    start = anyio.current_time()
+    with anyio.fail_after(120):
+        async with manager:
+            assert len(manager.connections()) == 8 and all(r.state is State.LIVE for r in manager.connections())
+            took = anyio.current_time() - start
+    assert most == 3
+    assert took >= 3.0  # 8 connections, 3 at a time, 1 s each: three rounds
+    with pytest.raises(ConfigError, match="max_dialing"):
+        WebsocketSetup(exchange="sim", max_dialing=0)
