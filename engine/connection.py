@@ -181,6 +181,11 @@ class Connection(Sending):
         return state_of(self._model.state)
 
     @property
+    def pending_requests(self) -> list[tuple[Any, float]]:
+        """``(key, deadline)`` of each :meth:`request` waiting now (deadlines on the injected clock)."""
+        return self._requests.waiting()
+
+    @property
     def response_key_errors(self) -> int:
         """Messages on which ``setup.response_key`` raised (each counted as no match)."""
         return self._requests.key_errors

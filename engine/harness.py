@@ -16,8 +16,11 @@ churn, rotations), then checks the invariants:
   exchange-wide), and every gap in a stream falls where that stream's
   connection was down or stalled (a loss the client can count, never a
   silent one);
+- no request pending past its deadline;
 - no task growth: the number of tasks once healed stays within a constant
-  of the first healed count.
+  of the first healed count. (Memory is not checked step by step: the
+  simulator's own bounded logs grow by design, and tracemalloc would cost
+  more than the run.)
 
 A violation raises :class:`InvariantViolation` naming the seed, the virtual
 time and the rerun command. Everything random is seeded and time is virtual,
@@ -333,6 +336,10 @@ async def _simulate(scenario: Scenario, invariants: tuple[Invariant, ...]) -> Re
                     report.max_down = max(report.max_down, now - since)
                     if now - since > scenario.down_bound:
                         raise InvariantViolation(scenario, now, recent=recent, what=f"{cid} out of live for {now - since:.0f} s (bound {scenario.down_bound:g})")
+                for row in manager.connections():
+                    late = [key for key, deadline in manager.connection(row.id).pending_requests if deadline < now]
+                    if late:
+                        raise InvariantViolation(scenario, now, recent=recent, what=f"{row.id}: request(s) {late} past their deadline")
                 for invariant in invariants:
                     what = invariant(manager, sim)
                     if what:

@@ -52,10 +52,11 @@ def json_id(message: Message) -> Hashable | None:
 class Pending:
     """One waiting request: its responses so far, and the event that ends the wait."""
 
-    __slots__ = ("key", "expect", "is_final", "responses", "done", "error")
+    __slots__ = ("key", "expect", "is_final", "responses", "done", "error", "deadline")
 
     def __init__(self, key: Hashable, expect: int, is_final: Callable[[Message], bool] | None) -> None:
         self.key = key
+        self.deadline = float("inf")  # (set by request(): when the wait ends in a timeout)
         self.expect = expect
         self.is_final = is_final
         self.responses: list[Message] = []
@@ -113,6 +114,10 @@ class Requests:
     def __len__(self) -> int:
         return len(self._pending)
 
+    def waiting(self) -> list[tuple[Hashable, float]]:
+        """``(key, deadline)`` of every pending request."""
+        return [(p.key, p.deadline) for p in self._pending.values()]
+
     def register(self, key: Hashable, expect: int = 1, is_final: Callable[[Message], bool] | None = None) -> Pending:
         """Start waiting for ``key``; raises :class:`DuplicateRequest` if it is already pending."""
         if key in self._pending:
@@ -168,6 +173,7 @@ class Requests:
         ``expect`` is a positive int (the connection's ``request`` checked it).
         """
         pending = self.register(key, expect, is_final)
+        pending.deadline = deadline
         started = clock()
         try:
             with anyio.CancelScope(deadline=deadline):  # the send counts too: a blocked send is a timeout

@@ -174,3 +174,17 @@ async def test_an_answer_cut_anywhere_between_reads_still_answers_while_data_str
     conn = await run_with(script, body, handler=lambda conn, message: handled.append(message))
     assert conn.sessions == 1
     assert handled and all(m == data for m in handled)  # every answer matched, no answer reached the handler
+
+
+async def test_pending_requests_lists_each_waiting_key_with_its_deadline() -> None:
+    async def body(conn: Connection) -> None:
+        assert conn.pending_requests == []
+        start = anyio.current_time()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: conn.request({"op": "get", "id": 1}, key=1, timeout=5))
+            await anyio.sleep(0.1)
+            [(key, deadline)] = conn.pending_requests
+            assert key == 1 and deadline == pytest.approx(start + 5, abs=1e-3)
+        assert conn.pending_requests == []
+
+    await run_with(answering(delay=1.0), body)
