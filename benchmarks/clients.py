@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -108,6 +109,10 @@ class Client:
     async def roundtrips(self, port: int, n: int, inflight: int) -> tuple[float, float]:
         """(wall seconds, CPU seconds of this process) for the ``n`` timed round trips."""
         raise NotImplementedError(f"{type(self).__name__} has no round-trip benchmark")
+
+    async def e2e(self, port: int, n: int, capacity: int) -> dict[str, Any]:
+        """Socket -> typed events -> bounded buffer -> batch consumer (``benchmarks.e2e``); ``elapsed`` in it."""
+        raise NotImplementedError(f"{type(self).__name__} has no end-to-end benchmark")
 
 
 def request_payload(key: int) -> dict[str, Any]:
@@ -708,6 +713,13 @@ def _check(count: int, n: int) -> None:
         raise RuntimeError(f"received {count} messages, expected {n}")
 
 
+def _e2e_client(name: str) -> Client:
+    from benchmarks.e2e import E2E_CLIENTS
+
+    client: Client = E2E_CLIENTS[name]()
+    return client
+
+
 #: client id -> factory. The ids are what the command line and results use.
 CLIENTS: dict[str, Callable[[], Client]] = {
     "raw-socket": RawSocketClient,
@@ -722,6 +734,9 @@ CLIENTS: dict[str, Callable[[], Client]] = {
     "wirestate-fast-pending": lambda: WirestateClient("fast", batch=False, pending=True),
     "wirestate-fast-batch-pending": lambda: WirestateClient("fast", batch=True, pending=True),
     "wirestate-fast-pending-prefilter": lambda: WirestateClient("fast", batch=False, pending=True, prefilter=True),
+    # the end-to-end clients (benchmarks/e2e.py; imported when used: that module imports this one)
+    **{name: functools.partial(_e2e_client, name) for name in
+       ("e2e-picows-msgspec", "e2e-websockets-orjson", "e2e-wirestate-adapter", "e2e-wirestate-msgspec")},
 }
 
 
@@ -743,6 +758,13 @@ async def task_roundtrip(client: Client, args: argparse.Namespace) -> dict[str, 
         elapsed, cpu = await client.roundtrips(args.port, args.messages, args.inflight)
     return {"elapsed": elapsed, "requests": args.messages, "inflight": args.inflight, "rate": args.messages / elapsed,
             "cpu_us": cpu / args.messages * 1e6}  # fmt: skip
+
+
+async def task_e2e(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+    """N messages end to end: decoded to typed events, through a bounded buffer, consumed in batches."""
+    async with client:
+        out = await client.e2e(args.port, args.messages, args.capacity)
+    return {**out, "messages": args.messages, "capacity": args.capacity, "rate": args.messages / out["elapsed"]}
 
 
 async def task_handshake(client: Client, args: argparse.Namespace) -> dict[str, Any]:
@@ -789,7 +811,8 @@ async def task_memory(client: Client, args: argparse.Namespace) -> dict[str, Any
     return result
 
 
-TASKS = {"throughput": task_throughput, "handshake": task_handshake, "memory": task_memory, "roundtrip": task_roundtrip}
+TASKS = {"throughput": task_throughput, "handshake": task_handshake, "memory": task_memory, "roundtrip": task_roundtrip,
+         "e2e": task_e2e}
 
 
 def _watchdog(seconds: float) -> None:
@@ -816,6 +839,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--inflight", type=int, default=1, help="round trips in flight at once (roundtrip task)")
+    parser.add_argument("--capacity", type=int, default=10_000, help="bounded buffer of the e2e task, in events")
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args(argv)
     _watchdog(args.timeout)

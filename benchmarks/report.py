@@ -109,6 +109,40 @@ def render(result: dict[str, Any]) -> str:
                     f"at most {row.get('messages_before_pending', '?')} messages arrived before the request was registered"
                 )
 
+    if "e2e" in result:
+        rows = []
+        for row in result["e2e"]:
+            s = row["summary"]
+            if s["n"] == 0:
+                rows.append([row["label"], "failed", "", "", "—", "", "", "", row.get("error", "")[:80]])
+                continue
+            second = row.get("vs_second_rounds") or []
+            rows.append(
+                [
+                    row["label"],
+                    _fmt_rate(s["median"]),
+                    f"{_fmt_rate(s['min'])}–{_fmt_rate(s['max'])}",
+                    f"{s['cv'] * 100:.0f}%",
+                    _ratio_cell(row),
+                    f"{row['vs_second']:.2f} ({min(second):.2f}–{max(second):.2f})" if second else "—",
+                    str(row.get("batches") or ""),
+                    str(row.get("blocked", "")),
+                    row.get("error", "")[:80],
+                ]
+            )
+        parts += [
+            "",
+            "## End to end: socket → typed events → bounded buffer → consumer taking batches (msgs/s)",
+            "",
+            "Every client decodes each message into a trade Struct, queues it in a buffer of 10,000 events that "
+            "pushes back on the socket when full, and a separate consumer task takes batches and checks every "
+            "event's type and seq (benchmarks/e2e.py). Ratios: ÷ picows + msgspec and ÷ python-websockets + "
+            "orjson, median (per-round range).",
+            "",
+            _table(["client", "median", "range", "cv", "× picows+msgspec", "× websockets+orjson", "batches (median)",
+                    "full (max)", "note"], rows),  # fmt: skip
+        ]
+
     if "handshake" in result:
         rows = []
         for row in result["handshake"]:

@@ -25,7 +25,7 @@ from typing import Any
 from benchmarks.machine import describe, load_average, source_digest
 from benchmarks.report import render, summarize
 
-__all__ = ["Case", "THROUGHPUT", "HANDSHAKE", "MEMORY", "ROUNDTRIP", "main"]
+__all__ = ["Case", "THROUGHPUT", "HANDSHAKE", "MEMORY", "ROUNDTRIP", "E2E", "main"]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -61,6 +61,10 @@ _CLIENT_LABEL = {
     "wirestate-fast-pending": "wirestate fast path, per message, 1 request pending",
     "wirestate-fast-batch-pending": "wirestate fast path, batch, 1 request pending",
     "wirestate-fast-pending-prefilter": "wirestate fast path, per message, 1 request pending, prefiltered response_key",
+    "e2e-picows-msgspec": "picows + msgspec Struct + list buffer (pause_reading when full)",
+    "e2e-websockets-orjson": "python-websockets + orjson.loads + Struct + list buffer",
+    "e2e-wirestate-adapter": "wirestate batch_handler (engine.adapters.sim) + emit + stream(block)",
+    "e2e-wirestate-msgspec": "wirestate batch_handler (Decoder(Trade), stamped) + emit + stream(block)",
 }
 
 
@@ -106,6 +110,17 @@ ROUNDTRIP: tuple[Case, ...] = (
 )
 #: (name, requests in flight, requests per run, quick run)
 ROUNDTRIP_VARIANTS = (("sequential", 1, 5_000, 2_000), ("pipelined", 100, 50_000, 20_000))
+#: end to end (benchmarks/e2e.py): socket -> typed events -> bounded buffer -> batch consumer;
+#: divided by picows + msgspec, and also by python-websockets + orjson (E2E_SECOND)
+E2E: tuple[Case, ...] = (
+    _case("e2e-picows-msgspec", reference=True),
+    _case("e2e-websockets-orjson"),
+    _case("e2e-wirestate-adapter"),
+    _case("e2e-wirestate-msgspec"),
+)
+E2E_SECOND = "e2e-websockets-orjson"
+#: events the bounded buffer of every e2e client holds before it pushes back on the socket
+E2E_CAPACITY = 10_000
 #: the data path with a request pending, against the same client with none
 PENDING_PAIRS = (
     ("wirestate-fast-pending", "wirestate-fast"),
@@ -260,6 +275,29 @@ def phase_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def phase_e2e(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Socket -> typed events -> bounded buffer -> a consumer taking batches, against one blast server."""
+    cases = tuple(c for c in E2E if _selected(c, args))
+    _log(f"end to end: {len(cases)} clients × {args.rounds} rounds × {args.messages:,} messages")
+    extra = ["--messages", str(args.messages), "--capacity", str(E2E_CAPACITY)]
+    with server("blast", args.messages) as port:
+        samples, errors, raw = _collect("e2e", cases, args.rounds, port, args.timeout, extra, "rate")
+    rows = _rows(cases, samples, errors)
+    second = next((c for c in cases if c.client == E2E_SECOND), None)
+    for row, case in zip(rows, cases):
+        batches = sorted(out["batches"] for out in raw[case] if "batches" in out)
+        row["batches"] = batches[len(batches) // 2] if batches else None
+        row["blocked"] = max((out.get("blocked", 0) for out in raw[case] if "error" not in out), default=0)
+        if second is not None:  # also ÷ python-websockets + orjson, of medians and per round
+            mine, theirs = summarize(samples[case]), summarize(samples[second])
+            if mine["n"] and theirs["n"]:
+                row["vs_second"] = mine["median"] / theirs["median"]
+                row["vs_second_rounds"] = [
+                    a / b for a, b in zip(samples[case], samples[second]) if a is not None and b is not None
+                ]
+    return rows
+
+
 def phase_roundtrip(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Request/response round trips per second, sequential and pipelined, against one echo server."""
     cases = tuple(c for c in ROUNDTRIP if _selected(c, args))
@@ -363,6 +401,7 @@ def _selected(case: Case, args: argparse.Namespace) -> bool:
 
 PHASES = {
     "throughput": phase_throughput,
+    "e2e": phase_e2e,
     "handshake": phase_handshake,
     "memory": phase_memory,
     "roundtrip": phase_roundtrip,
@@ -376,8 +415,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options; ``--quick`` lowers every default that is not given."""
     p = argparse.ArgumentParser(prog="python -m benchmarks", description="wirestate vs its peers, in one run")
     p.add_argument("--quick", action="store_true", help="small run (~30 s on 2 cores)")
-    p.add_argument("--rounds", type=int, help="throughput rounds (default 7, quick 3)")
-    p.add_argument("--messages", type=int, help="messages per throughput run (default 500000, quick 200000)")
+    p.add_argument("--rounds", type=int, help="throughput and e2e rounds (default 7, quick 3)")
+    p.add_argument("--messages", type=int, help="messages per throughput and e2e run (default 500000, quick 200000)")
     p.add_argument("--handshake-rounds", type=int, help="default 3, quick 1")
     p.add_argument("--connects", type=int, help="timed connects per handshake round (default 200, quick 100)")
     p.add_argument("--memory-rounds", type=int, help="memory, round-trip and manager rounds (default 3, quick 1)")
