@@ -20,7 +20,7 @@ before connect until the consumer has checked the N-th event.
 - ``e2e-wirestate-adapter``: ``Connection`` with the reference adapter's
   ``engine.adapters.sim.batch_handler`` (tagged-union msgspec decode into a
   wire Struct, then :class:`engine.events.Trade` stamped with the connection
-  id and the receive time, ``conn.emit``), consumed with
+  id and the receive time, ``conn.emit_many`` per read), consumed with
   ``async for batch in conn.stream(Trade, policy="block", capacity=...)``.
 - ``e2e-wirestate-msgspec``: the same stream; the ``batch_handler`` decodes
   straight into :class:`engine.events.Trade` (``msgspec.json.Decoder(Trade)``,
@@ -208,7 +208,7 @@ class WebsocketsE2E(Client):
 
 
 class WirestateE2E(Client):
-    """``Connection`` + ``batch_handler`` + ``conn.emit`` -> ``conn.stream(Trade, policy="block")``."""
+    """``Connection`` + ``batch_handler`` + ``conn.emit_many`` -> ``conn.stream(Trade, policy="block")``."""
 
     runner = "anyio"
 
@@ -228,12 +228,11 @@ class WirestateE2E(Client):
         def on_batch(conn: Any, messages: list[Any]) -> None:
             received = conn.now()  # one clock read per socket read
             connection = conn.id
-            emit = conn.emit
-            for message in messages:
-                event = decode(message)
+            events = [decode(message) for message in messages]
+            for event in events:
                 stamp(event, "connection", connection)
                 stamp(event, "received", received)
-                emit(event)
+            conn.emit_many(events)  # one route lookup and one queue extend per read
 
         return on_batch
 

@@ -63,8 +63,8 @@ _CLIENT_LABEL = {
     "wirestate-fast-pending-prefilter": "wirestate fast path, per message, 1 request pending, prefiltered response_key",
     "e2e-picows-msgspec": "picows + msgspec Struct + list buffer (pause_reading when full)",
     "e2e-websockets-orjson": "python-websockets + orjson.loads + Struct + list buffer",
-    "e2e-wirestate-adapter": "wirestate batch_handler (engine.adapters.sim) + emit + stream(block)",
-    "e2e-wirestate-msgspec": "wirestate batch_handler (Decoder(Trade), stamped) + emit + stream(block)",
+    "e2e-wirestate-adapter": "wirestate batch_handler (engine.adapters.sim) + emit_many + stream(block)",
+    "e2e-wirestate-msgspec": "wirestate batch_handler (Decoder(Trade), stamped) + emit_many + stream(block)",
 }
 
 

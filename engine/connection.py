@@ -209,6 +209,11 @@ class Connection(Sending):
         """Hand a typed event (:mod:`engine.events`) to the streams; never waits (call it from handlers)."""
         self._outlet.emit(event)
 
+    def emit_many(self, events: list[Any]) -> None:
+        """:meth:`emit` for a list (e.g. every event of one read, from a ``batch_handler``): the same
+        result as emitting each in order, at a fraction of the cost."""
+        self._outlet.emit_many(events)
+
     def stream(self, *types: type, **options: Any) -> Stream:
         """Open a bounded stream of this connection's events; see :meth:`engine.delivery.Streams.stream`."""
         return self._outlet.hub.stream(*types, **options)

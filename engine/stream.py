@@ -181,6 +181,40 @@ class Stream:
             return self._blocking and size >= self.capacity
         return self._offer_rest(event)
 
+    def offer_many(self, events: list[Any]) -> bool:
+        """Queue a run of data events as :meth:`offer` would one by one; True when a ``block`` stream is now full.
+
+        When they all fit (the common case) it is one extend and one wake-up;
+        otherwise each goes through :meth:`offer`.
+        """
+        count = len(events)
+        size = self._size
+        if size + count > self._room:
+            full = False
+            for event in events:
+                full = self.offer(event) or full
+            return full
+        self.produced += count
+        if self._since is None:
+            self._since = self._hub.now()
+        if self._armed and size + count >= self.alert_at:
+            # the alert goes where one-by-one offers would put it: right after the crossing event
+            cut = max(1, self.alert_at - size)
+            self._queue.extend(events[:cut])
+            self._size = size + cut
+            self._armed = False
+            self._append_control(self._backlog())
+            self._queue.extend(events[cut:])
+        else:
+            self._queue.extend(events)
+        size += count
+        self._size = size
+        ready = self._ready
+        if ready is not None:
+            self._ready = None
+            ready.set()
+        return self._blocking and size >= self.capacity
+
     def _offer_rest(self, event: Any) -> bool:
         if self._ended:
             self.dropped += 1

@@ -304,3 +304,45 @@ def test_book_gap_and_resync_events_are_engine_events() -> None:
     hub.publish(BookResynced(symbol="BTC-USD", reason="sequence", seq=9, received=2.0))
     assert [type(e) for e in data(drain(btc))] == [Gap, Trade, BookResynced]
     assert drain(eth) == []  # about another symbol
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    policy=st.sampled_from(list(Policy)),
+    capacity=st.integers(1, 8),
+    symbols=st.lists(st.integers(0, 3), max_size=40),
+    cuts=st.lists(st.integers(1, 6), max_size=20),
+)
+def test_publish_many_is_publish_one_by_one(policy: Policy, capacity: int, symbols: list[int], cuts: list[int]) -> None:
+    """A list of events through publish_many (in chunks) leaves every stream exactly as publishing
+    each in turn would: the same queues, counts, alerts and full streams."""
+
+    def events() -> list[Any]:
+        return [ticker(n, f"S{s}") if s % 2 else trade(n, f"S{s}") for n, s in enumerate(symbols, 1)]
+
+    def streams(hub: Streams) -> list[Stream]:
+        return [
+            hub.stream(policy=policy, capacity=capacity, alert_at=max(1, capacity - 1)),
+            hub.stream(Trade, policy=policy, capacity=capacity + 1),
+            hub.stream(Ticker, symbols=["S1"], policy=Policy.DROP_OLDEST, capacity=2),
+        ]
+
+    one, many = Streams(Clock()), Streams(Clock())
+    ours, theirs = streams(one), streams(many)
+    full_one: list[int] = []
+    for event in events():
+        stream = one.publish(event)
+        if stream is not None and ours.index(stream) not in full_one:
+            full_one.append(ours.index(stream))
+    full_many: list[int] = []
+    pending, start = events(), 0
+    for cut in [*cuts, len(symbols)]:
+        for stream in many.publish_many(pending[start : start + cut]):
+            if theirs.index(stream) not in full_many:
+                full_many.append(theirs.index(stream))
+        start += cut
+    assert sorted(full_one) == sorted(full_many)
+    assert one.unrouted == many.unrouted
+    for a, b in zip(ours, theirs):
+        assert a.stats() == b.stats()
+        assert [repr(e) for e in drain(a)] == [repr(e) for e in drain(b)]

@@ -127,11 +127,8 @@ def batch_handler(conn: Any, messages: list[Message]) -> None:
     """A ``batch_handler``: every message of one read, one clock read for all."""
     received = conn.now()
     connection = conn.id
-    emit = conn.emit
-    for message in messages:
-        event = decode(message, connection, received)
-        if event is not None:
-            emit(event)
+    events = [decode(message, connection, received) for message in messages]
+    conn.emit_many([event for event in events if event is not None])
 
 
 async def subscribe(conn: Any, subs: list[Subscription]) -> None:
