@@ -334,6 +334,8 @@ def measure(keys: list[str], n: int) -> dict[str, dict[str, Any]]:
 
     def turns(measure: str, group: dict[str, Any], rounds: int, ops: int, step: Callable[[str, int], int]) -> None:
         order = list(group)
+        if not order:
+            return  # (nothing of this kind among the subjects measured)
         for r in range(rounds):
             shift = r % len(order)
             for key in order[shift:] + order[:shift]:
