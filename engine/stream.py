@@ -34,14 +34,23 @@ import enum
 import itertools
 from collections import deque
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import anyio
 
 from engine.events import Backlog, Book, BookResynced, Error, ErrorKind, Gap, Kline, SubscriptionChanged, Ticker
 
-if TYPE_CHECKING:
-    from engine.delivery import Streams
+
+
+class Hub(Protocol):
+    """What a stream needs of the hub that made it (:class:`engine.delivery.Streams`)."""
+
+    filtered: int
+    unrouted: int
+
+    def now(self) -> float: ...
+
+    def forget(self, stream: Stream) -> None: ...
 
 __all__ = ["ENGINE_EVENTS", "ConflateKey", "Policy", "Stream", "StreamStats", "latest_key"]
 
@@ -93,7 +102,7 @@ class StreamStats(NamedTuple):
 
 
 class Stream:
-    """One consumer's bounded buffer (make it with :meth:`Streams.stream`).
+    """One consumer's bounded buffer (make it with :meth:`engine.delivery.Streams.stream`).
 
     ``async for batch in stream`` yields non-empty lists of events, oldest
     first, until the stream ends (:meth:`close`, the ``fail`` policy, or its
@@ -111,7 +120,7 @@ class Stream:
 
     def __init__(
         self,
-        hub: Streams,
+        hub: Hub,
         name: str,
         policy: Policy,
         capacity: int,
@@ -399,8 +408,8 @@ class Stream:
         return self._take() if (self._queue or self._latest) else []
 
     @property
-    def hub(self) -> Streams:
-        """The :class:`Streams` it belongs to (its ``filtered`` and ``unrouted`` counts)."""
+    def hub(self) -> Hub:
+        """The :class:`~engine.delivery.Streams` it belongs to (its ``filtered`` and ``unrouted`` counts)."""
         return self._hub
 
     @property
