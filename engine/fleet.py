@@ -52,7 +52,7 @@ class Fleet:
         clock: Clock | None,
         rng: random.Random | None,
         governor: Any,
-        streams: Streams | None = None,
+        streams: Streams,
     ) -> None:
         self.ws = ws
         self.groups: dict[str, Group] = {}
@@ -103,7 +103,7 @@ class Fleet:
         def hear(event: StateChanged) -> None:
             assert conn is not None
             if event.trigger == "subscribed" and conn is slot.conn and slot.rotation is not None:
-                self._arm_rotation(slot, conn, event.at)
+                self._arm_rotation(slot, conn, event.at + (slot.group.setup.rotate_after or 0.0))
             self._listener(event, conn)
 
         setup = slot_setup(slot, self._ledger, (hear,), moved)
@@ -170,14 +170,14 @@ class Fleet:
 
         return hear
 
-    def _arm_rotation(self, slot: Slot, conn: Connection, live_at: float) -> None:
-        """Have a replacement of ``slot`` dial ``rotate_after`` seconds after ``conn``'s session went live
-        (the rotation begins ``rotate_overlap`` before that)."""
+    def _arm_rotation(self, slot: Slot, conn: Connection, dial_at: float) -> None:
+        """Have a replacement of ``conn`` (``slot``'s) dial at ``dial_at``; the rotation begins
+        ``rotate_overlap`` before that (at most ``rotate_after`` before)."""
         if slot.timer is not None:
             slot.timer.cancel()
         setup = slot.group.setup
         if self.tg is not None and setup.rotate_after is not None:
-            at = live_at + max(0.0, setup.rotate_after - setup.rotate_overlap)
+            at = dial_at - min(setup.rotate_overlap, setup.rotate_after)
             self.tg.start_soon(self._rotate_at, slot, conn, conn.sessions, at)
 
     async def _rotate_at(self, slot: Slot, conn: Connection, session: int, at: float) -> None:
@@ -230,7 +230,7 @@ class Fleet:
                     await new.wait_for(State.LIVE, State.RECONNECTING, State.DISCONNECTED)
                 except WirestateError:
                     pass  # it gave up: said below
-            live_at = self._now()
+            live_at = self.streams.now()
             why = self._why_not(slot, old, new)
             if why:
                 return await self._abort(slot, new, why)
@@ -242,7 +242,7 @@ class Fleet:
             slot.conn, slot.successor = new, None
             self._adopt(slot, moved)
             rotation.fire("cut", "the replacement carries the slot")
-            self._arm_rotation(slot, new, live_at)
+            self._arm_rotation(slot, new, live_at + (setup.rotate_after or 0.0))
             await old.close(1000, "rotated")
             await anyio.sleep(setup.rotate_overlap)  # the replacement's late copies still matched
             rotation.fire("settled", f"{rotation.twins.duplicates if rotation.twins else 0} duplicates dropped")
@@ -276,7 +276,7 @@ class Fleet:
         if slot.conn.state in (State.LIVE, State.STALE) and slot.enabled:
             # try again later (the old connection's own reconnect re-arms it otherwise)
             retry = min(slot.group.setup.rotate_after or 60.0, 60.0)
-            self._arm_rotation(slot, slot.conn, self._now() + retry - (slot.group.setup.rotate_after or 0.0))
+            self._arm_rotation(slot, slot.conn, self.streams.now() + retry)
 
     def _adopt(self, slot: Slot, moved: dict[Hashable, Subscription]) -> None:
         """The ledger after a cut-over: what the replacement subscribed is subscribed; the rest goes out on it now."""
@@ -304,9 +304,6 @@ class Fleet:
             await send(*args)
         except (WirestateError, OSError) as exc:
             log.warning("%s: after rotation: %s", args[0].id, exc)
-
-    def _now(self) -> float:
-        return (self._clock or anyio.current_time)()
 
     # -- runtime control ----------------------------------------------------------
 

@@ -85,7 +85,6 @@ class Manager:
         if not isinstance(setup, WebsocketSetup):
             raise ConfigError(f"Manager needs a WebsocketSetup, not {type(setup).__name__}")
         self.setup = setup
-        self._clock = clock
         self._model = ManagerModel(self._on_manager_change)
         # typed events of every connection (trade_feed / fills_feed: delivered at all or not)
         self._streams = Streams(clock, trades=setup.trade_feed, fills=setup.fills_feed)
@@ -242,16 +241,13 @@ class Manager:
 
     def _on_subscription_change(self, entry: Entry, source: SubState, dest: SubState, trigger: str) -> None:
         if dest is SubState.SUBSCRIBED:
-            entry.since = self._now()
+            entry.since = self._streams.now()
         if self._streams.streams:  # (an event nobody reads is not built: flush() makes 20,000 of these)
             self._streams.control(SubscriptionChanged(
                 subscription=entry.sub, source=source.value, dest=dest.value, trigger=trigger,
                 error=entry.error, connection=entry.slot, received=self._streams.now(),
             ))  # fmt: skip
         self._wake()
-
-    def _now(self) -> float:
-        return (self._clock or anyio.current_time)()
 
     def _wake(self) -> None:
         changed, self._changed = self._changed, None
@@ -337,14 +333,17 @@ class Manager:
             limits = [e.sub.stale_after for e in self._ledger.entries() if e.sub.stale_after is not None]
             # (a quarter of the shortest limit: noticed within 25 % of it)
             await anyio.sleep(min(limits) / 4 if limits else self.setup.connection_monitor_interval)
-            now = self._now()
+            now = self._streams.now()
             for slot in list(self._fleet.slots.values()):
                 if slot.freshness is None or not slot.streaming:
                     continue
                 found = quiet(slot.freshness, self._ledger.of_slot(slot.id), now)
+                for entry in found:
+                    assert entry.sub.stale_after is not None
+                    entry.fire("stale", f"silent for more than {entry.sub.stale_after:g} s")
                 if found:
                     assert self._tg is not None
-                    self._tg.start_soon(self._resubscribe_alone, slot, found)
+                    self._tg.start_soon(self._resubscribe_alone, slot, found, "quiet")
 
     def book(self, symbol: str, depth: int | None = None) -> BookView:
         """``symbol``'s order book now, an immutable view (``WebsocketSetup.orderbook`` must be set).
@@ -375,13 +374,9 @@ class Manager:
         if entries:
             self._tg.start_soon(self._resubscribe_alone, slot, entries, f"{symbol} book resync")
 
-    async def _resubscribe_alone(self, slot: Slot, entries: list[Entry], why: str = "") -> None:
+    async def _resubscribe_alone(self, slot: Slot, entries: list[Entry], why: str) -> None:
+        """Unsubscribe (best effort) and subscribe again ``entries`` (already ``resubscribing``) on ``slot``."""
         conn, setup = slot.conn, slot.group.setup
-        if not why:
-            for entry in entries:
-                assert entry.sub.stale_after is not None
-                entry.fire_if("stale", f"silent for more than {entry.sub.stale_after:g} s")
-            why = "quiet"
         log.warning("%s: resubscribing (%s) %s", slot.id, why, ", ".join(str(e.sub) for e in entries))
         try:
             if setup.unsubscriber is not None:
@@ -457,33 +452,28 @@ class Manager:
             return
         chosen = self._fleet.group(group, kinds.pop() if kinds else False)
         placed = self._place(chosen, subs)
-        subscriber = chosen.setup.subscriber
-        assert subscriber is not None
-        async with anyio.create_task_group() as tg:
-            for slot_id, entries in placed.items():
-                slot = self._fleet.slots[slot_id]
-                if slot.streaming:
-                    tg.start_soon(send_subscribe, slot.conn, entries, subscriber)
+        await self._send_on_slots(placed)
         if wait:
             bound = timeout if timeout is not None else chosen.setup.open_timeout + chosen.setup.setup_timeout
             await self._settle([e for entries in placed.values() for e in entries], bound)
 
+    async def _send_on_slots(self, by_slot: dict[str, list[Entry]]) -> None:
+        """Subscribe each slot's entries on it now, concurrently (a slot not streaming sends them on connect)."""
+        async with anyio.create_task_group() as tg:
+            for slot_id, entries in by_slot.items():
+                slot = self._fleet.slots.get(slot_id)
+                if slot is not None and slot.streaming and slot.group.setup.subscriber is not None:
+                    tg.start_soon(send_subscribe, slot.conn, entries, slot.group.setup.subscriber)
+
     async def _retry(self, entries: list[Entry], *, wait: bool, timeout: float | None) -> None:
-        """Send failed subscriptions again on their connections (those not streaming send them on connect)."""
+        """Send failed subscriptions again on their connections."""
         by_slot: dict[str, list[Entry]] = {}
         for entry in entries:
             by_slot.setdefault(entry.slot, []).append(entry)
-        bound = 0.0
-        async with anyio.create_task_group() as tg:
-            for slot_id, mine in by_slot.items():
-                slot = self._fleet.slots.get(slot_id)
-                if slot is None:
-                    continue
-                setup = slot.group.setup
-                bound = max(bound, setup.open_timeout + setup.setup_timeout)
-                if slot.streaming and setup.subscriber is not None:
-                    tg.start_soon(send_subscribe, slot.conn, mine, setup.subscriber)
+        await self._send_on_slots(by_slot)
         if wait:
+            setups = [self._fleet.slots[s].group.setup for s in by_slot if s in self._fleet.slots]
+            bound = max((u.open_timeout + u.setup_timeout for u in setups), default=0.0)
             await self._settle(entries, timeout if timeout is not None else bound)
 
     async def _settle(self, entries: list[Entry], bound: float) -> None:
