@@ -76,7 +76,7 @@ class DirectEvent(Event):
 
     def trigger(self, model: Any, *args: Any, **kwargs: Any) -> bool:
         machine = self.machine
-        if machine.has_queue or machine.prepare_event or machine.finalize_event or machine.on_exception:
+        if _wrapped(machine):
             return bool(super().trigger(model, *args, **kwargs))
         state = machine.get_model_state(model)
         candidates = self.transitions.get(state.name)
@@ -100,6 +100,11 @@ class DirectEvent(Event):
                 event_data.result = True
                 break
         return bool(event_data.result)
+
+
+def _wrapped(machine: Any) -> bool:
+    """Whether triggering needs the machine's wrapper: a queue, or event-wide hooks."""
+    return bool(machine.has_queue or machine.prepare_event or machine.finalize_event or machine.on_exception)
 
 
 def _bare(transition: Any, source: Any, machine: Any) -> bool:
@@ -174,7 +179,7 @@ class Table:
         machine = self.machine
         event = machine.events[trigger]
         direct = (
-            not (machine.has_queue or machine.prepare_event or machine.finalize_event or machine.on_exception)
+            not _wrapped(machine)
             and machine.after_state_change == [self._after_change]
         )
         by_value, allowed = self.by_value, self.allowed
