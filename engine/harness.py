@@ -245,14 +245,11 @@ async def _simulate(scenario: Scenario, invariants: tuple[Invariant, ...]) -> Re
     trail = 0
     recent: deque[str] = deque(maxlen=30)  # the last faults and state changes, for a violation's message
 
-    def clock() -> float:
-        return anyio.current_time()
-
-    live: dict[str, State] = {}
+    def state_of(connection: str) -> State:
+        """The managed connection's state now (live when it is gone: retired is no outage)."""
+        return next((r.state for r in manager.connections() if r.id == connection), State.LIVE)
 
     def hear(event: StateChanged) -> None:
-        live.clear()
-        live.update((r.id, r.state) for r in manager.connections())
         nonlocal trail
         report.transitions += 1
         recent.append(str(event))
@@ -262,7 +259,7 @@ async def _simulate(scenario: Scenario, invariants: tuple[Invariant, ...]) -> Re
             if since is not None:
                 report.max_down = max(report.max_down, event.at - since)
             report.sessions += 1
-        elif event.source is State.LIVE and live.get(event.connection, State.LIVE) is not State.LIVE:
+        elif event.source is State.LIVE and state_of(event.connection) is not State.LIVE:
             # (retired, or a rotated-out socket closing while its replacement carries the id: no outage)
             down_since.setdefault(event.connection, event.at)
         if event.trigger in ("lost", "close"):
@@ -273,7 +270,7 @@ async def _simulate(scenario: Scenario, invariants: tuple[Invariant, ...]) -> Re
     def handle(conn: Any, message: str | bytes) -> None:
         data = orjson.loads(message)
         if "seq" in data and "symbol" in data:
-            streams.seen(conn.id, data, float(data.get("ts", clock())))
+            streams.seen(conn.id, data, float(data.get("ts", anyio.current_time())))
 
     everything = [Subscription(c, s) for c in scenario.channels for s in scenario.symbols]
     async with SimExchange(rate=scenario.rate, symbols=scenario.symbols, seed=rng.getrandbits(32)) as sim:
@@ -301,19 +298,19 @@ async def _simulate(scenario: Scenario, invariants: tuple[Invariant, ...]) -> Re
             ConnectionSetup(url="ws://sim.test/rotating", rotate_after=6 * 3600.0, rotate_overlap=5.0, **common), name="rot"
         )
         manager.on_state_change(hear)
-        end = clock() + scenario.hours * 3600.0
+        end = anyio.current_time() + scenario.hours * 3600.0
         async with manager:
             wanted = set(range(len(everything)))
             half = len(everything) // 2
             await manager.subscribe([everything[i] for i in range(half)], group="public")
             await manager.subscribe([everything[i] for i in range(half, len(everything))], group="rot")
             group_of = {i: ("public" if i < half else "rot") for i in range(len(everything))}
-            next_fault = clock() + scenario.down_bound
+            next_fault = anyio.current_time() + scenario.down_bound
             first_tasks: int | None = None
             resume_at: float | None = None
-            while clock() < end:
+            while anyio.current_time() < end:
                 await anyio.sleep(scenario.step)
-                now = clock()
+                now = anyio.current_time()
                 report.steps += 1
                 if resume_at is not None and now >= resume_at:
                     sim.resume()
