@@ -60,7 +60,7 @@ _CLIENT_LABEL = {
     "wirestate-wsproto": "wirestate wsproto path, per message",
     "wirestate-fast-pending": "wirestate fast path, per message, 1 request pending",
     "wirestate-fast-batch-pending": "wirestate fast path, batch, 1 request pending",
-    "wirestate-fast-pending-prefilter": "wirestate fast path, per message, 1 request pending, prefiltered response_key",
+    "wirestate-fast-pending-prefilter": "wirestate fast path, per message, 1 request pending, own response_key + response_marker",
     "e2e-picows-msgspec": "picows + msgspec Struct + list buffer (pause_reading when full)",
     "e2e-websockets-orjson": "python-websockets + orjson.loads + Struct + list buffer",
     "e2e-wirestate-adapter": "wirestate batch_handler (engine.adapters.sim) + emit_many + stream(block)",

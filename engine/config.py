@@ -69,6 +69,11 @@ def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: float) 
         raise ConfigError(f"{type(instance).__name__}.{attribute.name} must be a finite number >= 0, not {value!r}")
 
 
+def _bytes_or_none(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not isinstance(value, bytes):
+        raise TypeError(f"{attribute.name} must be bytes or None, not {type(value).__name__}")
+
+
 def _policy_or_none(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None and not callable(getattr(value, "decide", None)):
         raise ConfigError(
@@ -201,6 +206,11 @@ class ConnectionSetup:
     Requests: ``response_key(message)`` tells which pending
     ``conn.request(..., key=...)`` a message answers (default: the ``"id"``
     of a JSON object; it runs only while a request waits);
+    ``response_marker``: bytes every response's raw frame contains: a socket
+    read without them passes the matcher by (one vectorized search per read
+    instead of a ``response_key`` call per message). Default: ``b'"id"'`` with
+    the default key, none (every message is offered) with your own key;
+    ``b""`` turns it off;
     ``response_max_limit`` is the default wait per expected response;
     ``latency_observer(conn, key, seconds)`` hears how long each answered request took;
     ``app_ping`` (:class:`~engine.liveness.AppPing`) replaces the protocol
@@ -261,6 +271,7 @@ class ConnectionSetup:
     healthy_after: float = attrs.field(default=10.0, validator=_non_negative)
     retry_after_cap: float = attrs.field(default=300.0, validator=_non_negative)
     response_key: ResponseKey | None = attrs.field(default=None, validator=_callable_or_none)
+    response_marker: bytes | None = attrs.field(default=None, validator=_bytes_or_none)
     response_max_limit: float = attrs.field(default=10.0, validator=_positive)
     latency_observer: Callable[[Any, Any, float], None] | None = attrs.field(default=None, validator=_callable_or_none)
     on_state_change: tuple[Callable[[Any], None], ...] = attrs.field(default=(), converter=_listeners, repr=False)

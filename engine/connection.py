@@ -159,6 +159,7 @@ class Connection(Sending):
             self.id,
             lambda: self._clock(),  # (bound to the loop's clock at start)
             (lambda key, took: observe(self, key, took)) if observe else None,
+            marker=setup.response_marker,
         )
         self._delivery = Delivery(self)
         #: the rate limit every send of this connection waits on (None: no limit); a Limiter

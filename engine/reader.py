@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING
 
 import anyio
+from stringzilla import contains
 
 from engine.causes import Cause, ClosedByPeer, ProtocolError, Silence, TransportError
 from engine.liveness import Expiry, Liveness
@@ -30,7 +31,6 @@ __all__ = ["read"]
 log = logging.getLogger("wirestate.connection")
 
 _LIVE, _STALE = State.LIVE.value, State.STALE.value
-_ID = b'"id"'
 
 
 async def read(conn: SessionHost, wire: Wire, leftovers: list[object]) -> None:
@@ -77,14 +77,17 @@ async def read(conn: SessionHost, wire: Wire, leftovers: list[object]) -> None:
                 return
             continue
         items = feed(data)
-        if requests and requests.by_json_id:
-            # With the default key an answer has ``"id"`` in its raw bytes (server frames
-            # are unmasked text): one C search of the read instead of a JSON parse per
-            # message. A message begun in an earlier read that had it, or the pattern cut
-            # between two reads, counts as found.
-            found = _ID in data or _ID in tail + data[:3] or carry
+        if requests and requests.marker is not None:
+            # An answer holds the marker in its raw bytes (server frames are unmasked,
+            # uncompressed): one vectorized search of the read instead of a key lookup
+            # per message. A message begun in an earlier read that had it, or the
+            # marker cut between two reads, counts as found.
+            marker = requests.marker
+            cut = len(marker) - 1
+            found = contains(data, marker) or carry or (cut > 0 and marker in tail + data[:cut])
             carry = found and proto.holding
-            tail = (tail + data[-3:])[-3:]  # the stream's last 3 bytes, even over 1-byte reads
+            if cut > 0:
+                tail = (tail + data[-cut:])[-cut:]  # the stream's last bytes, even over 1-byte reads
         else:
             found = True
         if not items:

@@ -188,3 +188,55 @@ async def test_pending_requests_lists_each_waiting_key_with_its_deadline() -> No
         assert conn.pending_requests == []
 
     await run_with(answering(delay=1.0), body)
+
+
+def _req_id(calls: list[str | bytes]) -> Any:
+    def response_key(message: str | bytes) -> Any:
+        calls.append(message)
+        return orjson.loads(message).get("req_id")
+
+    return response_key
+
+
+@pytest.mark.parametrize("marker", [b'"req_id"', b""])
+async def test_a_custom_key_with_a_marker_is_asked_only_of_reads_holding_it(marker: bytes) -> None:
+    """``response_marker``: reads without it pass the matcher by, even with a request pending (an
+    answer whose marker is cut between two reads still answers); ``b""`` offers every message."""
+    data = orjson.dumps({"channel": "trades", "symbol": "BTC-USD", "seq": 1}).decode()
+    answer = orjson.dumps({"req_id": "a1", "result": "ok"}).decode()
+    calls: list[str | bytes] = []
+    handled: list[str] = []
+
+    async def script(side: ServerSide) -> None:
+        await side.accept()
+        request = await side.next_message()
+        assert request is not None and orjson.loads(request)["req_id"] == "a1"
+        noise = side.text_frame(data)
+        await side.send_raw(noise * 50)  # a read of data alone, the request pending
+        await anyio.sleep(0.001)
+        frame = side.text_frame(answer)
+        split = frame.index(b"req_id") + 3  # the marker cut in two
+        await side.send_raw(noise + frame[:split])
+        await anyio.sleep(0.001)
+        await side.send_raw(frame[split:] + noise)
+        await side.next_message()
+
+    async def body(conn: Connection) -> None:
+        reply = await conn.request({"op": "get", "req_id": "a1"}, key="a1", timeout=5)
+        assert orjson.loads(reply)["req_id"] == "a1"
+        with anyio.fail_after(5):
+            while len(handled) < 52:  # (bounded by fail_after)
+                await anyio.sleep(0.01)
+
+    conn = await run_with(script, body, response_key=_req_id(calls), response_marker=marker,
+                          handler=lambda conn, message: handled.append(message))  # fmt: skip
+    assert conn.sessions == 1 and handled == [data] * 52
+    if marker:  # only the reads around the answer were offered: not the 50 data messages alone
+        assert 1 <= len(calls) <= 3 and answer in calls
+    else:
+        assert len(calls) == 50 + 1 + 1  # every message until the answer (then nothing waits)
+
+
+def test_response_marker_must_be_bytes() -> None:
+    with pytest.raises(TypeError, match="response_marker must be bytes or None, not str"):
+        setup_for(response_marker='"id"')
