@@ -24,6 +24,7 @@ import anyio
 import orjson
 
 from engine.errors import DuplicateRequest, RequestTimeout
+from engine.waiter import Waiter, new_waiter
 
 __all__ = ["LatencyObserver", "Pending", "Requests", "ResponseKey", "json_id"]
 
@@ -64,7 +65,7 @@ class Pending:
         self.expect = expect
         self.is_final = is_final
         self.responses: list[Message] = []
-        self.done = anyio.Event()
+        self.done: Waiter = new_waiter()
         self.error: BaseException | None = None
 
 
@@ -168,25 +169,30 @@ class Requests:
 
     async def request(
         self,
-        send: Callable[[Any], Awaitable[None]],
-        payload: Any,
+        send: Callable[[], Awaitable[None] | None],
         key: Hashable,
         expect: int,
         deadline: float,
         is_final: Callable[[Message], bool] | None,
         clock: Callable[[], float],
     ) -> Any:
-        """Register ``key``, ``send(payload)``, wait for the response(s) until ``deadline`` (on ``clock``).
+        """Register ``key``, ``send()``, wait for the response(s) until ``deadline`` (on ``clock``).
 
-        ``expect`` is a positive int (the connection's ``request`` checked it).
+        ``send()`` sends the request: None when it is out, else an awaitable
+        that finishes the send (waited for within the deadline too: a blocked
+        send is a timeout). ``expect`` is a positive int (the connection's
+        ``request`` checked it).
         """
         pending = self.register(key, expect, is_final)
         pending.deadline = deadline
         started = clock()
         try:
-            with anyio.CancelScope(deadline=deadline):  # the send counts too: a blocked send is a timeout
-                await send(payload)
-                await pending.done.wait()
+            rest = send()
+            if rest is not None:
+                with anyio.CancelScope(deadline=deadline):
+                    await rest
+            if clock() < deadline:
+                await pending.done.wait(deadline)
         finally:
             self.discard(pending)
         if pending.error is not None:

@@ -7,7 +7,7 @@ register their key before the frame goes out (:mod:`engine.requests`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 import orjson
@@ -50,23 +50,46 @@ class Sending:
             raise NotConnected(f"{self.id}: cannot send while {self.state.value}")
         return wire, proto
 
-    async def _send_frame(self, wire: Wire, frame: bytes, priority: int | None, weight: int | None) -> None:
+    def _send_now(self, wire: Wire, frame: bytes, priority: int | None, weight: int | None) -> Awaitable[None] | None:
+        """Send ``frame`` now if nothing makes it wait (None), else what finishes the send."""
         if priority is None:
             priority = priority_in(self._model.state)
         try:
-            await wire.write_data(frame, priority, weight)
+            rest = wire.write_now(frame, priority, weight)
         except NotConnected as exc:
             raise NotConnected(f"{self.id}: {exc}") from None
+        return None if rest is None else self._finish(rest)
+
+    async def _finish(self, rest: Awaitable[None]) -> None:
+        try:
+            await rest
+        except NotConnected as exc:
+            raise NotConnected(f"{self.id}: {exc}") from None
+
+    def _frame(self, payload: object) -> tuple[Wire, bytes]:
+        """The open wire, and ``payload`` framed (see :meth:`send` for the types)."""
+        wire, proto = self._open_wire()
+        if isinstance(payload, str):
+            return wire, proto.send_text(payload)
+        if isinstance(payload, (dict, list)):
+            return wire, proto.send_text_utf8(orjson.dumps(payload))
+        if isinstance(payload, (bytes, bytearray, memoryview)):
+            return wire, proto.send_bytes(bytes(payload))
+        raise TypeError(f"cannot send {type(payload).__name__}: use str, bytes, dict or list")
 
     async def send_text(self, text: str, *, weight: int | None = None, priority: int | None = None) -> None:
         """Send one text message (see :meth:`send` for ``weight`` and ``priority``)."""
         wire, proto = self._open_wire()
-        await self._send_frame(wire, proto.send_text(text), priority, weight)
+        rest = self._send_now(wire, proto.send_text(text), priority, weight)
+        if rest is not None:
+            await rest
 
     async def send_bytes(self, data: bytes, *, weight: int | None = None, priority: int | None = None) -> None:
         """Send one binary message (see :meth:`send` for ``weight`` and ``priority``)."""
         wire, proto = self._open_wire()
-        await self._send_frame(wire, proto.send_bytes(data), priority, weight)
+        rest = self._send_now(wire, proto.send_bytes(data), priority, weight)
+        if rest is not None:
+            await rest
 
     async def send(
         self,
@@ -85,19 +108,17 @@ class Sending:
         while it waits (it was not sent), :class:`~engine.errors.SendQueueFull`
         past ``setup.max_queued`` waiting sends.
         """
-        if isinstance(payload, str):
-            await self.send_text(payload, weight=weight, priority=priority)
-        elif isinstance(payload, (bytes, bytearray, memoryview)):
-            await self.send_bytes(bytes(payload), weight=weight, priority=priority)
-        elif isinstance(payload, (dict, list)):
-            await self.send_text(orjson.dumps(payload).decode(), weight=weight, priority=priority)
-        else:
-            raise TypeError(f"cannot send {type(payload).__name__}: use str, bytes, dict or list")
+        wire, frame = self._frame(payload)
+        rest = self._send_now(wire, frame, priority, weight)
+        if rest is not None:
+            await rest
 
     async def ping(self, payload: bytes = b"") -> None:
         """Send a protocol-level ping (the pong resets the traffic deadline)."""
         wire, proto = self._open_wire()
-        await self._send_frame(wire, proto.send_ping(payload), Priority.CONTROL, None)
+        rest = self._send_now(wire, proto.send_ping(payload), Priority.CONTROL, None)
+        if rest is not None:
+            await rest
 
     def next_id(self) -> Any:
         """The next message id of this connection: 1, 2, 3, ... by default (never reused, across
@@ -132,4 +153,7 @@ class Sending:
         if isinstance(expect, bool) or not isinstance(expect, int) or expect < 1:
             raise ValueError(f"expect must be a positive integer, not {expect!r}")
         limit = timeout if timeout is not None else self.setup.response_max_limit * expect
-        return await self._requests.request(self.send, payload, key, expect, self._clock() + limit, is_final, self._clock)
+        clock = self._clock
+        wire, frame = self._frame(payload)
+        send_now = self._send_now
+        return await self._requests.request(lambda: send_now(wire, frame, None, None), key, expect, clock() + limit, is_final, clock)

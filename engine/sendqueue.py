@@ -68,6 +68,11 @@ class SendQueue:
         self._closed: str | None = None  # why the queue no longer takes turns
 
     @property
+    def free(self) -> bool:
+        """Nobody holds or waits for a turn, and the queue is open: a frame may go at once."""
+        return not self.busy and self._closed is None
+
+    @property
     def waiting(self) -> int:
         """Senders waiting for their turn."""
         return self._waiting

@@ -9,7 +9,7 @@ makes wait waits *before* it queues, so it never holds up a pong.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -48,7 +48,7 @@ class Wire:
 
     __slots__ = (
         "scope", "setup_scope", "stream", "proto", "caps", "gate", "last_rx", "live_since", "_end", "_limiter",
-        "_count_control", "_metered",
+        "_count_control", "_metered", "_try_send",
     )  # fmt: skip
 
     def __init__(
@@ -73,10 +73,12 @@ class Wire:
         self._count_control = count_control
         # the scopes of sends waiting for rate-limit tokens; None once the session is over
         self._metered: set[anyio.CancelScope] | None = set()
+        self._try_send: Callable[[bytes], bool] | None = None  # the stream's, if it has one
 
     def attach(self, stream: ByteStream, proto: ClientProtocol, now: float) -> None:
         self.stream, self.proto = stream, proto
         self.caps = capabilities_of(stream)
+        self._try_send = stream.try_send if self.caps.try_send else None  # type: ignore[attr-defined]
         self.last_rx = now
 
     def shut(self) -> None:
@@ -110,6 +112,33 @@ class Wire:
                 return
             await anyio.lowlevel.cancel_shielded_checkpoint()
 
+    def write_now(self, data: bytes, priority: int = Priority.NORMAL, weight: int | None = None) -> Awaitable[None] | None:
+        """:meth:`write_data` without a wait when none is needed: None when ``data`` went out.
+
+        It goes at once when nobody holds or waits for a turn, the tokens are
+        free and the stream takes it without waiting (``try_send``); otherwise
+        this returns what finishes the send (await it; it waits as
+        :meth:`write_data` does, with the tokens it already took).
+        """
+        try_send = self._try_send
+        if try_send is None or not self.gate.free:
+            return self.write_data(data, priority, weight)
+        limiter = self._limiter
+        if limiter is not None and not limiter.take(weight):
+            return self.write_data(data, priority, weight)  # (take() took nothing)
+        try:
+            if try_send(data):
+                return None
+        except TRANSPORT_ERRORS as exc:
+            raise NotConnected(f"send failed: {describe(exc)}") from None
+        return self._write_paid(data, priority)  # the stream would wait: the peer is not reading
+
+    async def _write_paid(self, data: bytes, priority: int) -> None:
+        try:
+            await self._write(data, priority)
+        except TRANSPORT_ERRORS as exc:
+            raise NotConnected(f"send failed: {describe(exc)}") from None
+
     async def write_data(self, data: bytes, priority: int = Priority.NORMAL, weight: int | None = None) -> None:
         """A frame the application sends, after the rate limit; transport errors become :class:`NotConnected`.
 
@@ -120,10 +149,7 @@ class Wire:
         limiter = self._limiter
         if limiter is not None and not limiter.take(weight):
             await self._wait_for_tokens(limiter, weight)
-        try:
-            await self._write(data, priority)
-        except TRANSPORT_ERRORS as exc:
-            raise NotConnected(f"send failed: {describe(exc)}") from None
+        await self._write_paid(data, priority)
 
     async def _wait_for_tokens(self, limiter: Any, weight: int | None) -> None:
         metered = self._metered

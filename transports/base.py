@@ -196,10 +196,16 @@ class Capabilities:
       suspend, so cancelling it never leaves part of a frame on the wire.
     - ``instant_close``: ``aclose()`` never waits (no flush to a peer that may
       not read, no TLS goodbye), so it needs no deadline.
+    - ``try_send``: the stream also has ``try_send(data: bytes) -> bool``,
+      which hands the whole buffer over without suspending, or sends nothing
+      and returns False when the send would have to wait (the peer is not
+      reading); it raises as ``send()`` would. The engine's send fast path:
+      no coroutine, no cancel scope.
     """
 
     atomic_send: bool = False
     instant_close: bool = False
+    try_send: bool = False
 
 
 #: what an unknown stream promises: nothing beyond the interface

@@ -314,6 +314,17 @@ class ClientProtocol:
             return self._ws.send(wse.TextMessage(data=text))
         return encode_frame(OP_TEXT, text.encode("utf-8"))
 
+    def send_text_utf8(self, data: bytes) -> bytes:
+        """Frame ``data``, text already encoded as UTF-8 (``orjson.dumps``), as one text message.
+
+        Saves the decode and re-encode a ``str`` would take; the caller vouches
+        that ``data`` is valid UTF-8.
+        """
+        self._check_open()
+        if self._ws is not None:
+            return self._ws.send(wse.TextMessage(data=data.decode("utf-8")))
+        return encode_frame(OP_TEXT, data)
+
     def send_bytes(self, data: bytes) -> bytes:
         """Frame ``data`` as one binary message."""
         self._check_open()
