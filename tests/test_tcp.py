@@ -5,8 +5,11 @@ Virtual clocks and real sockets don't mix, so this module runs on plain asyncio 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import select
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -217,3 +220,284 @@ async def test_the_server_reads_our_1009_when_it_keeps_writing(anyio_backend: st
                     await conn.wait_for(State.RECONNECTING)
             tg.cancel_scope.cancel()
     assert codes[:sessions] == [1009] * sessions
+
+
+# --- the native asyncio stream coalesces one loop iteration's sends into one write ---
+#
+# Asyncio only by nature (the native stream is asyncio's), so these tests pin
+# ``anyio_backend``. A plain 127.0.0.1 socket plays the peer, read by hand; a
+# spy on the transport's ``write`` counts the writes. "One iteration" is
+# stepped with ``asyncio.sleep(0)``: a flush scheduled by a send runs before
+# the task that yielded resumes.
+
+asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
+
+
+@contextlib.asynccontextmanager
+async def native_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[tuple[AsyncioByteStream, socket.socket, list[bytes]]]:
+    """A native stream dialed to a plain socket, the peer socket, and the bytes of every
+    ``transport.write`` (bounded: 10 s)."""
+    loop = asyncio.get_running_loop()
+    with anyio.fail_after(10), socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        stream = await dial_tcp(parse_url(f"ws://127.0.0.1:{listener.getsockname()[1]}/"))
+        assert isinstance(stream, AsyncioByteStream)
+        peer, _ = await loop.sock_accept(listener)
+        writes: list[bytes] = []
+        write = stream._transport.write
+
+        def spy(data: bytes | bytearray | memoryview) -> None:
+            writes.append(bytes(data))
+            write(data)
+
+        monkeypatch.setattr(stream._transport, "write", spy)
+        with peer:
+            yield stream, peer, writes
+            await stream.aclose()
+
+
+async def read_exactly(peer: socket.socket, size: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    got = bytearray()
+    while len(got) < size:
+        chunk = await loop.sock_recv(peer, 65536)
+        assert chunk, f"EOF after {len(got)} of {size} bytes"
+        got += chunk
+    return bytes(got)
+
+
+async def read_to_eof(peer: socket.socket) -> bytes:
+    """Everything until EOF; fails on a reset (ConnectionResetError)."""
+    loop = asyncio.get_running_loop()
+    got = bytearray()
+    while chunk := await loop.sock_recv(peer, 65536):
+        got += chunk
+    return bytes(got)
+
+
+@contextlib.contextmanager
+def loop_errors() -> Iterator[list[dict[str, Any]]]:
+    """What reaches the loop's exception handler meanwhile."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        yield errors
+    finally:
+        loop.set_exception_handler(previous)
+
+
+def frames(count: int, tag: str = "f") -> list[bytes]:
+    return [f"<{tag}{i}:{'x' * (i % 7)}>".encode() for i in range(count)]
+
+
+@asyncio_only
+async def test_fifty_sends_in_one_tick_are_one_write(anyio_backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with native_stream(monkeypatch) as (stream, peer, writes):
+        sent = frames(50)
+        for frame in sent:
+            await stream.send(frame)
+        assert writes == []  # queued, not written, until the loop turns
+        await asyncio.sleep(0)
+        assert writes == [b"".join(sent)]
+        assert await read_exactly(peer, len(writes[0])) == b"".join(sent)
+
+
+@asyncio_only
+async def test_fifty_tasks_woken_together_share_one_write(anyio_backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request/response case: one read wakes many tasks, each sends one frame."""
+    async with native_stream(monkeypatch) as (stream, peer, writes):
+        go = anyio.Event()
+        order: list[bytes] = []
+
+        async def request(frame: bytes) -> None:
+            await go.wait()
+            order.append(frame)
+            await stream.send(frame)
+
+        async with anyio.create_task_group() as tg:
+            for frame in frames(50):
+                tg.start_soon(request, frame)
+            for _ in range(10):  # let every task reach its wait
+                await asyncio.sleep(0)
+            assert writes == []
+            go.set()
+        assert len(order) == 50
+        assert writes == [b"".join(order)]
+        assert await read_exactly(peer, len(writes[0])) == b"".join(order)
+
+
+@asyncio_only
+async def test_sends_across_ticks_keep_their_order(anyio_backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with native_stream(monkeypatch) as (stream, peer, writes):
+        sent: list[bytes] = []
+        for tick in range(20):
+            for frame in frames(tick % 4 + 1, tag=f"t{tick}-"):
+                sent.append(frame)
+                await stream.send(frame)
+            await asyncio.sleep(0)
+        assert len(writes) == 20  # one per tick
+        big = bytes(range(256)) * 320  # 80 KiB: over the threshold, written at once
+        await stream.send(b"<before big>")
+        await stream.send(big)
+        assert writes[-1] == b"<before big>" + big  # synchronously, queued bytes first
+        await stream.send(b"<after big>")
+        sent += [b"<before big>", big, b"<after big>"]
+        await asyncio.sleep(0)
+        assert b"".join(writes) == b"".join(sent)
+        assert await read_exactly(peer, len(b"".join(sent))) == b"".join(sent)
+
+
+@asyncio_only
+async def test_a_queued_buffer_is_copied_and_a_non_buffer_fails_at_once(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with native_stream(monkeypatch) as (stream, peer, writes):
+        buffer = bytearray(b"first")
+        await stream.send(buffer)  # type: ignore[arg-type]  # (bytes-like, as transport.write took)
+        buffer[:] = b"reused"  # the caller's to reuse once send() returned
+        with pytest.raises(TypeError):
+            await stream.send("text")  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        assert writes == [b"first"]
+        assert await read_exactly(peer, 5) == b"first"
+
+
+@asyncio_only
+async def test_send_then_aclose_delivers_every_byte_then_eof(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with native_stream(monkeypatch) as (stream, peer, writes):
+        sent = [*frames(10), b"<close frame>"]
+        for frame in sent:
+            await stream.send(frame)
+        await stream.aclose()  # same tick: the queued frames go first, then FIN (not a reset)
+        assert writes == [b"".join(sent)]
+        assert await read_to_eof(peer) == b"".join(sent)
+        with pytest.raises(anyio.ClosedResourceError):
+            await stream.send(b"x")
+
+
+@asyncio_only
+async def test_send_then_send_eof_delivers_bytes_then_eof(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with native_stream(monkeypatch) as (stream, peer, writes):
+        sent = frames(10)
+        for frame in sent:
+            await stream.send(frame)
+        await stream.send_eof()
+        assert writes == [b"".join(sent)]
+        assert await read_to_eof(peer) == b"".join(sent)
+        with pytest.raises(anyio.ClosedResourceError):
+            await stream.send(b"x")  # our half is closed
+        await asyncio.get_running_loop().sock_sendall(peer, b"still open")
+        assert await stream.receive() == b"still open"  # the other half is
+
+
+@asyncio_only
+async def test_abort_drops_queued_sends_quietly(anyio_backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with loop_errors() as errors:
+        async with native_stream(monkeypatch) as (stream, peer, writes):
+            for frame in frames(10):
+                await stream.send(frame)
+            stream.abort()
+            for _ in range(5):  # the scheduled flush runs, and does nothing
+                await asyncio.sleep(0)
+            assert writes == []
+            assert await read_to_eof(peer) == b""
+            with pytest.raises(anyio.ClosedResourceError):
+                await stream.send(b"x")
+    assert errors == []
+
+
+@asyncio_only
+async def test_bytes_sent_before_the_peers_eof_is_read_still_go_out(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop reads the peer's EOF in the same iteration as, after, our send: the
+    transport closes itself on EOF, so the queued bytes must be written first."""
+    async with native_stream(monkeypatch) as (stream, peer, writes):
+        peer.shutdown(socket.SHUT_WR)
+        ours = stream._transport.get_extra_info("socket")
+        # Wait for the FIN without letting the loop run (it would read the EOF first).
+        assert select.select([ours], [], [], 5)[0]
+        await asyncio.sleep(0)  # resume in the iteration that reads the EOF, just before it does
+        await stream.send(b"<reply>")
+        assert writes == []
+        assert await read_to_eof(peer) == b"<reply>"
+        assert stream._protocol.eof
+
+
+@asyncio_only
+async def test_a_failing_deferred_write_breaks_the_stream_not_the_loop(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    boom = RuntimeError("boom")
+    with loop_errors() as errors:
+        async with native_stream(monkeypatch) as (stream, peer, writes):
+
+            def fail(data: bytes) -> None:
+                raise boom
+
+            monkeypatch.setattr(stream._transport, "write", fail)
+            await stream.send(b"lost")
+            await asyncio.sleep(0)  # the flush fails
+            with pytest.raises(anyio.BrokenResourceError) as caught:
+                await stream.receive()
+            assert caught.value.__cause__ is boom
+            with pytest.raises(anyio.BrokenResourceError):
+                await stream.send(b"x")
+    assert errors == []
+
+
+@asyncio_only
+async def test_a_paused_transport_still_blocks_the_sender_until_it_drains(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with native_stream(monkeypatch) as (stream, peer, writes):
+        protocol = stream._protocol
+        chunk = b"c" * 16384
+        sent: list[bytes] = []
+        stop = False
+
+        async def flood() -> None:
+            for i in range(10_000):  # 160 MiB at most: the kernel buffers fill long before
+                if stop:
+                    return
+                frame = i.to_bytes(2, "big") + chunk
+                sent.append(frame)  # (in send order: a send hands its bytes over before it can block)
+                await stream.send(frame)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flood)
+            while protocol.drain is None:  # until the sender waits for the transport to drain
+                await asyncio.sleep(0)
+            assert protocol.write_paused
+            assert stream._pending == []  # nothing piles up while paused
+            blocked_at = len(sent)
+            for _ in range(50):
+                await asyncio.sleep(0)
+            assert len(sent) == blocked_at and protocol.drain is not None  # still blocked
+            assert b"".join(writes) == b"".join(sent)  # the blocked send's bytes are with the transport
+            stop = True
+            got = await read_exactly(peer, sum(map(len, sent)))  # reading resumes the sender, which stops
+        assert got == b"".join(sent)
+
+
+@asyncio_only
+async def test_send_after_the_peer_closed_raises_broken(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with native_stream(monkeypatch) as (stream, peer, writes):
+        peer.close()
+        with pytest.raises(anyio.EndOfStream):
+            await stream.receive()
+        while not stream._protocol.closed:
+            await asyncio.sleep(0)
+        with pytest.raises(anyio.BrokenResourceError):
+            await stream.send(b"x")
+        assert writes == []

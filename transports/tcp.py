@@ -6,6 +6,13 @@ anyio's socket stream pauses and resumes reading around every ``receive()``
 measurably slows both the data path and the handshake. TLS, and every trio
 connection, go through anyio (``tls_standard_compatible=False``: WebSocket
 servers often drop TCP without a TLS close_notify).
+
+The native stream coalesces the sends one loop iteration makes into one
+``transport.write`` (one ``send`` syscall, ~4.5 µs each on loopback here):
+when a read wakes 100 request tasks at once, their frames leave together. In
+the round-trip benchmark with 100 requests in flight that is ~70 frames per
+write, and ~5 µs less client CPU per round trip (30 -> 25.5 µs); one request
+at a time costs the same as before.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+from collections.abc import Callable
 
 import anyio
 from anyio.abc import ByteStream
@@ -26,11 +34,28 @@ __all__ = ["AsyncioByteStream", "dial_tcp", "tcp_dialer"]
 _HIGH_WATER = 4 * 1024 * 1024
 _LOW_WATER = 1024 * 1024
 
+# Sends queued in one loop iteration are written at once when they reach this
+# many bytes (asyncio's default write high-water mark): past it a syscall per
+# write costs little next to the bytes, and the pending list stays bounded.
+_FLUSH_AT = 64 * 1024
+
 
 class _StreamProtocol(asyncio.Protocol):
     """Collects received chunks; wakes the one reader; tracks flow control."""
 
-    __slots__ = ("transport", "chunks", "buffered", "read_paused", "eof", "lost", "closed", "reader", "drain", "write_paused")
+    __slots__ = (
+        "transport",
+        "chunks",
+        "buffered",
+        "read_paused",
+        "eof",
+        "lost",
+        "closed",
+        "reader",
+        "drain",
+        "write_paused",
+        "flush",
+    )
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -43,6 +68,8 @@ class _StreamProtocol(asyncio.Protocol):
         self.reader: asyncio.Future[bool] | None = None  # True: woken by the network
         self.drain: asyncio.Future[None] | None = None
         self.write_paused = False
+        #: the stream's "write what is pending now", set by the stream
+        self.flush: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -57,6 +84,11 @@ class _StreamProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
+        if self.flush is not None:
+            # The transport closes itself once we return: bytes sent before
+            # the peer's EOF reached us must be written first (as they were
+            # when every send wrote at once).
+            self.flush()
         self._wake_reader()
         return False  # let the transport close itself
 
@@ -93,17 +125,32 @@ def _expire(waiter: asyncio.Future[bool]) -> None:
 
 
 class AsyncioByteStream(ByteStream):
-    """An anyio :class:`ByteStream` over a native asyncio TCP transport."""
+    """An anyio :class:`ByteStream` over a native asyncio TCP transport.
 
-    #: writes never split under cancellation; closing never waits
+    ``send()`` queues its bytes and the loop's next turn writes everything
+    queued meanwhile in one ``transport.write``: one ``send`` syscall per loop
+    iteration instead of one per frame (a loopback ``send`` costs ~4.5 µs;
+    100 requests woken by one read went out in 100 syscalls). Nothing else
+    changes: bytes keep their order, 64 KiB queued (or a paused transport)
+    writes at once and blocks the sender as before, ``send_eof()`` and
+    ``aclose()`` write what is queued first, ``abort()`` drops it.
+    """
+
+    #: writes never split under cancellation (a send queues its whole buffer
+    #: before it can suspend); closing never waits
     capabilities = Capabilities(atomic_send=True, instant_close=True)
 
-    __slots__ = ("_transport", "_protocol", "_closing")
+    __slots__ = ("_transport", "_protocol", "_closing", "_eof_sent", "_pending", "_pending_size", "_flush_scheduled")
 
     def __init__(self, transport: asyncio.Transport, protocol: _StreamProtocol) -> None:
         self._transport = transport
         self._protocol = protocol
         self._closing = False
+        self._eof_sent = False
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._flush_scheduled = False
+        protocol.flush = self._flush
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         while not self._readable():
@@ -165,27 +212,85 @@ class AsyncioByteStream(ByteStream):
 
     async def send(self, item: bytes) -> None:
         protocol = self._protocol
-        if self._closing:
+        if self._closing or self._eof_sent:
+            # (after send_eof this used to be asyncio's RuntimeError from
+            # transport.write; a queued send cannot raise it, and our half is closed)
             raise anyio.ClosedResourceError
         if protocol.closed or self._transport.is_closing():
             raise anyio.BrokenResourceError("connection closed")
-        self._transport.write(item)
-        while protocol.write_paused and not protocol.closed:
-            waiter = protocol.drain = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                protocol.drain = None
-            if self._closing:
-                raise anyio.ClosedResourceError
+        if type(item) is not bytes:
+            # A caller may reuse its buffer once we return, and a non-buffer
+            # must fail here, as transport.write failed, not in the flush.
+            item = bytes(memoryview(item))
+        self._pending.append(item)
+        self._pending_size += len(item)
+        if self._pending_size >= _FLUSH_AT:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_flush)
+        if protocol.write_paused:
+            # The peer is slow: write now and block until the transport
+            # drains, so queued bytes stay bounded.
+            self._flush()
+            while protocol.write_paused and not protocol.closed:
+                waiter = protocol.drain = asyncio.get_running_loop().create_future()
+                try:
+                    await waiter
+                finally:
+                    protocol.drain = None
+                if self._closing:
+                    raise anyio.ClosedResourceError
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write every queued send in one ``transport.write``.
+
+        Does nothing when nothing is queued, and drops the queue when the
+        transport is closing (closed or aborted by us, or lost: the next send
+        raises). ``transport.write`` reports socket errors through
+        ``connection_lost``, not by raising; should it raise anyway (this runs
+        as a loop callback too, where an exception would only be logged), the
+        stream is reset and the error becomes its cause: the reader's next
+        ``receive()`` raises ``BrokenResourceError`` from it, and so does the
+        next ``send()``.
+        """
+        pending = self._pending
+        if not pending:
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        self._pending_size = 0
+        transport = self._transport
+        if transport.is_closing():
+            return
+        try:
+            transport.write(data)
+        except Exception as exc:
+            protocol = self._protocol
+            if protocol.lost is None:
+                protocol.lost = exc
+            transport.abort()
+            protocol._wake_reader()
+            protocol._wake_writer()
 
     async def send_eof(self) -> None:
         if self._transport.can_write_eof():
+            self._flush()
+            self._eof_sent = True
             self._transport.write_eof()
 
     async def aclose(self) -> None:
         if not self._closing:
+            # Queued bytes (a close frame, say) go to the transport first; on
+            # a peer that reads, asyncio writes them to the socket at once and
+            # the write buffer stays empty, so close() (FIN) is chosen as before.
+            self._flush()
             self._closing = True
+            self._protocol.flush = None
             if self._transport.get_write_buffer_size():
                 # close() would wait to flush to a peer that may never read:
                 # the socket (and a blocked writer) would outlive us.
@@ -196,8 +301,11 @@ class AsyncioByteStream(ByteStream):
             self._protocol._wake_writer()
 
     def abort(self) -> None:
-        """Reset the connection (no FIN): for tests and fault injection."""
+        """Drop the connection at once, queued and buffered bytes unwritten: for tests and fault injection."""
         self._closing = True
+        self._pending.clear()
+        self._pending_size = 0
+        self._protocol.flush = None
         self._transport.abort()
         self._protocol._wake_reader()
         self._protocol._wake_writer()
