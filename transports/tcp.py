@@ -140,10 +140,22 @@ class AsyncioByteStream(ByteStream):
     #: before it can suspend); closing never waits
     capabilities = Capabilities(atomic_send=True, instant_close=True)
 
-    __slots__ = ("_transport", "_protocol", "_closing", "_eof_sent", "_pending", "_pending_size", "_flush_scheduled")
+    __slots__ = (
+        "_transport",
+        "_protocol",
+        "_loop",
+        "_closing",
+        "_eof_sent",
+        "_pending",
+        "_pending_size",
+        "_flush_scheduled",
+    )
 
     def __init__(self, transport: asyncio.Transport, protocol: _StreamProtocol) -> None:
+        """Wrap a connected ``transport``; call it in the loop that owns the transport."""
         self._transport = transport
+        # (asyncio.get_running_loop() is a getpid() syscall per call on 3.11)
+        self._loop = asyncio.get_running_loop()
         self._protocol = protocol
         self._closing = False
         self._eof_sent = False
@@ -185,7 +197,7 @@ class AsyncioByteStream(ByteStream):
 
     async def _wait_readable(self, deadline: float | None) -> bool:
         """Wait for the protocol to wake us; False when ``deadline`` came first."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         protocol = self._protocol
         waiter = protocol.reader = loop.create_future()
         timer = None if deadline is None else loop.call_at(deadline, _expire, waiter)
@@ -228,13 +240,13 @@ class AsyncioByteStream(ByteStream):
             self._flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._scheduled_flush)
+            self._loop.call_soon(self._scheduled_flush)
         if protocol.write_paused:
             # The peer is slow: write now and block until the transport
             # drains, so queued bytes stay bounded.
             self._flush()
             while protocol.write_paused and not protocol.closed:
-                waiter = protocol.drain = asyncio.get_running_loop().create_future()
+                waiter = protocol.drain = self._loop.create_future()
                 try:
                     await waiter
                 finally:
