@@ -222,11 +222,13 @@ async def test_the_server_reads_our_1009_when_it_keeps_writing(anyio_backend: st
     assert codes[:sessions] == [1009] * sessions
 
 
-# --- the native asyncio stream coalesces one loop iteration's sends into one write ---
+# --- the native asyncio stream coalesces one loop iteration's sends ---
 #
-# Asyncio only by nature (the native stream is asyncio's), so these tests pin
+# The first send of an iteration is written at once, the rest of that
+# iteration's sends in one write at the loop's next turn. Asyncio only by
+# nature (the native stream is asyncio's), so these tests pin
 # ``anyio_backend``. A plain 127.0.0.1 socket plays the peer, read by hand; a
-# spy on the transport's ``write`` counts the writes. "One iteration" is
+# spy on the transport's ``write`` records the writes. "One iteration" is
 # stepped with ``asyncio.sleep(0)``: a flush scheduled by a send runs before
 # the task that yielded resumes.
 
@@ -295,19 +297,19 @@ def frames(count: int, tag: str = "f") -> list[bytes]:
 
 
 @asyncio_only
-async def test_fifty_sends_in_one_tick_are_one_write(anyio_backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_fifty_sends_in_one_tick_are_two_writes(anyio_backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     async with native_stream(monkeypatch) as (stream, peer, writes):
         sent = frames(50)
         for frame in sent:
             await stream.send(frame)
-        assert writes == []  # queued, not written, until the loop turns
+        assert writes == [sent[0]]  # the first at once; the rest queued until the loop turns
         await asyncio.sleep(0)
-        assert writes == [b"".join(sent)]
-        assert await read_exactly(peer, len(writes[0])) == b"".join(sent)
+        assert writes == [sent[0], b"".join(sent[1:])]
+        assert await read_exactly(peer, len(b"".join(sent))) == b"".join(sent)
 
 
 @asyncio_only
-async def test_fifty_tasks_woken_together_share_one_write(anyio_backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_fifty_tasks_woken_together_share_two_writes(anyio_backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The request/response case: one read wakes many tasks, each sends one frame."""
     async with native_stream(monkeypatch) as (stream, peer, writes):
         go = anyio.Event()
@@ -326,27 +328,44 @@ async def test_fifty_tasks_woken_together_share_one_write(anyio_backend: str, mo
             assert writes == []
             go.set()
         assert len(order) == 50
-        assert writes == [b"".join(order)]
-        assert await read_exactly(peer, len(writes[0])) == b"".join(order)
+        assert writes == [order[0], b"".join(order[1:])]
+        assert await read_exactly(peer, len(b"".join(order))) == b"".join(order)
+
+
+@asyncio_only
+async def test_a_lone_send_per_tick_is_written_at_once(anyio_backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with native_stream(monkeypatch) as (stream, peer, writes):
+        sent = frames(5)
+        for count, frame in enumerate(sent, 1):
+            await stream.send(frame)
+            assert len(writes) == count  # no wait for the loop to turn
+            await asyncio.sleep(0)
+        assert writes == sent
+        assert await read_exactly(peer, len(b"".join(sent))) == b"".join(sent)
 
 
 @asyncio_only
 async def test_sends_across_ticks_keep_their_order(anyio_backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     async with native_stream(monkeypatch) as (stream, peer, writes):
         sent: list[bytes] = []
+        expected_writes = 0
         for tick in range(20):
-            for frame in frames(tick % 4 + 1, tag=f"t{tick}-"):
+            batch = frames(tick % 4 + 1, tag=f"t{tick}-")
+            for frame in batch:
                 sent.append(frame)
                 await stream.send(frame)
+            expected_writes += min(len(batch), 2)
             await asyncio.sleep(0)
-        assert len(writes) == 20  # one per tick
+        assert len(writes) == expected_writes
         big = bytes(range(256)) * 320  # 80 KiB: over the threshold, written at once
+        await stream.send(b"<first>")
         await stream.send(b"<before big>")
         await stream.send(big)
         assert writes[-1] == b"<before big>" + big  # synchronously, queued bytes first
         await stream.send(b"<after big>")
-        sent += [b"<before big>", big, b"<after big>"]
+        sent += [b"<first>", b"<before big>", big, b"<after big>"]
         await asyncio.sleep(0)
+        assert writes[-1] == b"<after big>"
         assert b"".join(writes) == b"".join(sent)
         assert await read_exactly(peer, len(b"".join(sent))) == b"".join(sent)
 
@@ -356,14 +375,15 @@ async def test_a_queued_buffer_is_copied_and_a_non_buffer_fails_at_once(
     anyio_backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with native_stream(monkeypatch) as (stream, peer, writes):
-        buffer = bytearray(b"first")
+        await stream.send(b"<first>")
+        buffer = bytearray(b"queued")
         await stream.send(buffer)  # type: ignore[arg-type]  # (bytes-like, as transport.write took)
         buffer[:] = b"reused"  # the caller's to reuse once send() returned
         with pytest.raises(TypeError):
             await stream.send("text")  # type: ignore[arg-type]
         await asyncio.sleep(0)
-        assert writes == [b"first"]
-        assert await read_exactly(peer, 5) == b"first"
+        assert writes == [b"<first>", b"queued"]
+        assert await read_exactly(peer, 13) == b"<first>queued"
 
 
 @asyncio_only
@@ -375,7 +395,7 @@ async def test_send_then_aclose_delivers_every_byte_then_eof(
         for frame in sent:
             await stream.send(frame)
         await stream.aclose()  # same tick: the queued frames go first, then FIN (not a reset)
-        assert writes == [b"".join(sent)]
+        assert writes == [sent[0], b"".join(sent[1:])]
         assert await read_to_eof(peer) == b"".join(sent)
         with pytest.raises(anyio.ClosedResourceError):
             await stream.send(b"x")
@@ -390,7 +410,7 @@ async def test_send_then_send_eof_delivers_bytes_then_eof(
         for frame in sent:
             await stream.send(frame)
         await stream.send_eof()
-        assert writes == [b"".join(sent)]
+        assert writes == [sent[0], b"".join(sent[1:])]
         assert await read_to_eof(peer) == b"".join(sent)
         with pytest.raises(anyio.ClosedResourceError):
             await stream.send(b"x")  # our half is closed
@@ -402,13 +422,14 @@ async def test_send_then_send_eof_delivers_bytes_then_eof(
 async def test_abort_drops_queued_sends_quietly(anyio_backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     with loop_errors() as errors:
         async with native_stream(monkeypatch) as (stream, peer, writes):
-            for frame in frames(10):
+            sent = frames(10)
+            for frame in sent:
                 await stream.send(frame)
             stream.abort()
             for _ in range(5):  # the scheduled flush runs, and does nothing
                 await asyncio.sleep(0)
-            assert writes == []
-            assert await read_to_eof(peer) == b""
+            assert writes == [sent[0]]
+            assert await read_to_eof(peer) == sent[0]  # (written before the abort)
             with pytest.raises(anyio.ClosedResourceError):
                 await stream.send(b"x")
     assert errors == []
@@ -418,7 +439,7 @@ async def test_abort_drops_queued_sends_quietly(anyio_backend: str, monkeypatch:
 async def test_bytes_sent_before_the_peers_eof_is_read_still_go_out(
     anyio_backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The loop reads the peer's EOF in the same iteration as, after, our send: the
+    """The loop reads the peer's EOF in the same iteration as, after, our sends: the
     transport closes itself on EOF, so the queued bytes must be written first."""
     async with native_stream(monkeypatch) as (stream, peer, writes):
         peer.shutdown(socket.SHUT_WR)
@@ -426,9 +447,10 @@ async def test_bytes_sent_before_the_peers_eof_is_read_still_go_out(
         # Wait for the FIN without letting the loop run (it would read the EOF first).
         assert select.select([ours], [], [], 5)[0]
         await asyncio.sleep(0)  # resume in the iteration that reads the EOF, just before it does
+        await stream.send(b"<first>")
         await stream.send(b"<reply>")
-        assert writes == []
-        assert await read_to_eof(peer) == b"<reply>"
+        assert writes == [b"<first>"]
+        assert await read_to_eof(peer) == b"<first><reply>"
         assert stream._protocol.eof
 
 
@@ -439,12 +461,13 @@ async def test_a_failing_deferred_write_breaks_the_stream_not_the_loop(
     boom = RuntimeError("boom")
     with loop_errors() as errors:
         async with native_stream(monkeypatch) as (stream, peer, writes):
+            await stream.send(b"<first>")
 
             def fail(data: bytes) -> None:
                 raise boom
 
             monkeypatch.setattr(stream._transport, "write", fail)
-            await stream.send(b"lost")
+            await stream.send(b"lost")  # queued
             await asyncio.sleep(0)  # the flush fails
             with pytest.raises(anyio.BrokenResourceError) as caught:
                 await stream.receive()
