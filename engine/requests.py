@@ -59,13 +59,13 @@ class Pending:
 
     __slots__ = ("key", "expect", "is_final", "responses", "done", "error", "deadline")
 
-    def __init__(self, key: Hashable, expect: int, is_final: Callable[[Message], bool] | None) -> None:
+    def __init__(self, key: Hashable, expect: int, is_final: Callable[[Message], bool] | None, done: Waiter) -> None:
         self.key = key
         self.deadline = float("inf")  # (set by request(): when the wait ends in a timeout)
         self.expect = expect
         self.is_final = is_final
         self.responses: list[Message] = []
-        self.done: Waiter = new_waiter()
+        self.done = done
         self.error: BaseException | None = None
 
 
@@ -74,6 +74,7 @@ class Requests:
 
     __slots__ = (
         "_pending", "_response_key", "marker", "_owner", "_clock", "_expired", "key_errors", "late_responses", "observer",
+        "new_waiter",
     )  # fmt: skip
 
     def __init__(
@@ -103,6 +104,9 @@ class Requests:
         self.late_responses = 0
         #: ``(key, seconds)`` after every answered request
         self.observer = observer
+        #: makes what a request waits on; its owner binds the running backend's
+        #: (engine.waiter.waiter_factory) when it starts
+        self.new_waiter: Callable[[], Waiter] = new_waiter
 
     def __bool__(self) -> bool:
         """Whether incoming messages must be offered: requests wait, or answers may still come late."""
@@ -131,7 +135,7 @@ class Requests:
         """Start waiting for ``key``; raises :class:`DuplicateRequest` if it is already pending."""
         if key in self._pending:
             raise DuplicateRequest(f"{self._owner}: a request with key {key!r} is already pending")
-        pending = self._pending[key] = Pending(key, expect, is_final)
+        pending = self._pending[key] = Pending(key, expect, is_final, self.new_waiter())
         return pending
 
     def discard(self, pending: Pending) -> None:

@@ -12,13 +12,15 @@ one the engine reads.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
+from collections.abc import Callable
 
 import anyio
 
 from transports.base import running_asyncio_loop
 
-__all__ = ["Waiter", "new_waiter"]
+__all__ = ["Waiter", "new_waiter", "waiter_factory"]
 
 
 class Waiter:
@@ -89,5 +91,14 @@ class _EventWaiter(Waiter):
 
 def new_waiter() -> Waiter:
     """A waiter for the running backend (call from inside the event loop)."""
+    return waiter_factory()()
+
+
+def waiter_factory() -> Callable[[], Waiter]:
+    """What makes waiters for the running backend, bound once (call from inside the event loop).
+
+    (Finding the running asyncio loop costs a ``getpid()`` syscall on CPython
+    3.11: a connection asks once per run, not once per request.)
+    """
     loop = running_asyncio_loop()
-    return _FutureWaiter(loop) if loop is not None else _EventWaiter()
+    return functools.partial(_FutureWaiter, loop) if loop is not None else _EventWaiter

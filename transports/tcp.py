@@ -140,7 +140,7 @@ class AsyncioByteStream(ByteStream):
 
     #: writes never split under cancellation (a send writes or queues its whole
     #: buffer before it can suspend); closing never waits
-    capabilities = Capabilities(atomic_send=True, instant_close=True)
+    capabilities = Capabilities(atomic_send=True, instant_close=True, try_send=True)
 
     __slots__ = (
         "_transport",
@@ -224,14 +224,17 @@ class AsyncioByteStream(ByteStream):
             self._transport.resume_reading()
         return data
 
-    async def send(self, item: bytes) -> None:
-        protocol = self._protocol
+    def _check_usable(self) -> None:
         if self._closing or self._eof_sent:
             # (after send_eof this used to be asyncio's RuntimeError from
             # transport.write; a queued send cannot raise it, and our half is closed)
             raise anyio.ClosedResourceError
-        if protocol.closed or self._transport.is_closing():
+        if self._protocol.closed or self._transport.is_closing():
             raise anyio.BrokenResourceError("connection closed")
+
+    def _hand_over(self, item: bytes) -> None:
+        """Write ``item`` now or queue it for the iteration's one write (raises if the stream is done)."""
+        self._check_usable()
         if not self._flush_scheduled:
             # The iteration's first send goes out at once: a lone request
             # keeps its latency (deferred, it waited for the rest of the
@@ -248,6 +251,24 @@ class AsyncioByteStream(ByteStream):
             self._pending_size += len(item)
             if self._pending_size >= _FLUSH_AT:
                 self._flush()
+
+    def try_send(self, item: bytes) -> bool:
+        """:meth:`send` without suspending: False, nothing sent, while the peer is not reading.
+
+        Raises as :meth:`send` does on a stream that is closed or lost.
+        """
+        protocol = self._protocol
+        if protocol.write_paused:
+            self._check_usable()
+            return False
+        self._hand_over(item)
+        if protocol.write_paused:
+            self._flush()  # this send filled the buffer: out with it (the next one waits for the drain)
+        return True
+
+    async def send(self, item: bytes) -> None:
+        protocol = self._protocol
+        self._hand_over(item)
         if protocol.write_paused:
             # The peer is slow: write now and block until the transport
             # drains, so queued bytes stay bounded.
