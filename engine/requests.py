@@ -24,7 +24,7 @@ import anyio
 import orjson
 
 from engine.errors import DuplicateRequest, RequestTimeout
-from engine.waiter import Waiter, new_waiter
+from engine.waiter import UNBOUND, Deadlines, Waiter, Waits
 
 __all__ = ["LatencyObserver", "Pending", "Requests", "ResponseKey", "json_id"]
 
@@ -57,11 +57,12 @@ def json_id(message: Message) -> Hashable | None:
 class Pending:
     """One waiting request: its responses so far, and the event that ends the wait."""
 
-    __slots__ = ("key", "expect", "is_final", "responses", "done", "error", "deadline")
+    __slots__ = ("key", "expect", "is_final", "responses", "done", "error", "deadline", "started")
 
     def __init__(self, key: Hashable, expect: int, is_final: Callable[[Message], bool] | None, done: Waiter) -> None:
         self.key = key
         self.deadline = float("inf")  # (set by request(): when the wait ends in a timeout)
+        self.started = 0.0  # (set by request(): when it was sent, on the clock)
         self.expect = expect
         self.is_final = is_final
         self.responses: list[Message] = []
@@ -74,7 +75,7 @@ class Requests:
 
     __slots__ = (
         "_pending", "_response_key", "marker", "_owner", "_clock", "_expired", "key_errors", "late_responses", "observer",
-        "new_waiter",
+        "waits", "_deadlines",
     )  # fmt: skip
 
     def __init__(
@@ -104,9 +105,32 @@ class Requests:
         self.late_responses = 0
         #: ``(key, seconds)`` after every answered request
         self.observer = observer
-        #: makes what a request waits on; its owner binds the running backend's
-        #: (engine.waiter.waiter_factory) when it starts
-        self.new_waiter: Callable[[], Waiter] = new_waiter
+        self.waits = UNBOUND
+        self._deadlines: Deadlines[Pending] | None = None
+
+    def bind(self, waits: Waits) -> None:
+        """Wait the running backend's way (its owner calls this as it starts; see engine.waiter)."""
+        if self._deadlines is not None:
+            self._deadlines.close()
+        self.waits = waits
+        call_at = waits.call_at
+        self._deadlines = None if call_at is None else Deadlines(call_at, self._clock, self._time_out, self._waits_still, self.__len__)
+
+    def _waits_still(self, pending: Pending) -> bool:
+        return self._pending.get(pending.key) is pending
+
+    def _time_out(self, pending: Pending) -> None:
+        """``pending``'s deadline passed: an answer from now on goes to the handler (logged once)."""
+        self.discard(pending)
+        self._note_expired(pending)
+        pending.done.expire()
+
+    def _note_expired(self, pending: Pending) -> None:
+        key, now = pending.key, self._clock()
+        self._expired.pop(key, None)
+        self._expired[key] = now + (now - pending.started)  # watched as long again as it waited
+        if len(self._expired) > _EXPIRED_KEPT:
+            del self._expired[next(iter(self._expired))]
 
     def __bool__(self) -> bool:
         """Whether incoming messages must be offered: requests wait, or answers may still come late."""
@@ -135,7 +159,7 @@ class Requests:
         """Start waiting for ``key``; raises :class:`DuplicateRequest` if it is already pending."""
         if key in self._pending:
             raise DuplicateRequest(f"{self._owner}: a request with key {key!r} is already pending")
-        pending = self._pending[key] = Pending(key, expect, is_final, self.new_waiter())
+        pending = self._pending[key] = Pending(key, expect, is_final, self.waits.new())
         return pending
 
     def discard(self, pending: Pending) -> None:
@@ -189,23 +213,25 @@ class Requests:
         """
         pending = self.register(key, expect, is_final)
         pending.deadline = deadline
-        started = clock()
+        pending.started = started = clock()
+        deadlines = self._deadlines
+        if deadlines is not None:
+            deadlines.add(deadline, pending)  # (the table's one timer expires it)
         try:
             rest = send()
             if rest is not None:
                 with anyio.CancelScope(deadline=deadline):
                     await rest
-            if clock() < deadline:
+            if deadlines is not None:
+                await pending.done.wait()
+            elif clock() < deadline:
                 await pending.done.wait(deadline)
         finally:
             self.discard(pending)
         if pending.error is not None:
             raise pending.error
         if not pending.done.is_set():
-            self._expired.pop(key, None)
-            self._expired[key] = clock() + (clock() - started)  # watched as long again as it waited
-            if len(self._expired) > _EXPIRED_KEPT:
-                del self._expired[next(iter(self._expired))]
+            self._note_expired(pending)  # (again, if the table's timer did: the same)
             raise RequestTimeout(f"{self._owner}: no response to request {key!r} in time", pending.responses)
         if self.observer is not None:
             try:

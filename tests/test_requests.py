@@ -240,3 +240,31 @@ async def test_a_custom_key_with_a_marker_is_asked_only_of_reads_holding_it(mark
 def test_response_marker_must_be_bytes() -> None:
     with pytest.raises(TypeError, match="response_marker must be bytes or None, not str"):
         setup_for(response_marker='"id"')
+
+
+async def test_each_request_times_out_at_its_own_deadline_whatever_the_order() -> None:
+    """Deadlines of one table share a timer on asyncio (engine.waiter.Deadlines): a short timeout
+    sent after a long one, and many equal ones, each end exactly at their own deadline."""
+    ended: dict[str, float] = {}
+
+    async def body(conn: Connection) -> None:
+        start = anyio.current_time()
+
+        async def one(key: str, timeout: float) -> None:
+            with pytest.raises(RequestTimeout, match=key):
+                await conn.request({"id": key}, key=key, timeout=timeout)
+            ended[key] = anyio.current_time() - start
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, "long", 9.0)
+            await anyio.sleep(0.5)
+            tg.start_soon(one, "short", 1.0)
+            await anyio.sleep(0.5)
+            for i in range(20):
+                tg.start_soon(one, f"same-{i}", 3.0)
+        assert conn.pending_requests == []
+
+    await run_with(answering(delay=100.0), body)
+    assert ended["long"] == pytest.approx(9.0, abs=0.01)
+    assert ended["short"] == pytest.approx(1.5, abs=0.01)
+    assert all(ended[f"same-{i}"] == pytest.approx(4.0, abs=0.01) for i in range(20))
