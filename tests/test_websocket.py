@@ -296,3 +296,30 @@ def test_request_bytes_are_what_h11_would_send_for_str_headers() -> None:
         )
     )
     assert proto.connect() == reference
+
+
+def test_masking_keys_come_from_os_urandom_a_pool_at_a_time_and_differ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 6455 5.3: a fresh unpredictable key per frame; drawn 256 bytes (64 keys) per syscall."""
+    import os
+
+    from transports import websocket
+    from transports.frames import mask_payload
+
+    proto, _ = open_protocol("fast")
+    draws: list[int] = []
+    real = os.urandom
+
+    def counting(n: int) -> bytes:
+        draws.append(n)
+        return real(n)
+
+    monkeypatch.setattr(websocket.os, "urandom", counting)
+    keys = []
+    for i in range(200):
+        frame = proto.send_text(f"message {i}")
+        assert frame[1] & 0x80  # masked
+        key, body = frame[2:6], frame[6:]
+        assert mask_payload(body, key) == f"message {i}".encode()
+        keys.append(key)
+    assert draws == [256] * 4  # 200 frames: pools of 64 keys
+    assert len(set(keys)) > 190  # (a collision of random 32-bit keys is possible, rarely)

@@ -28,6 +28,7 @@ What :meth:`receive_data` returns, in order of arrival:
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Sequence
 
 import wsproto.connection
@@ -52,6 +53,8 @@ from transports.frames import (
     is_valid_close_code,
 )
 from transports.handshake import Accepted, ClientHandshake, Rejected
+
+_KEY_POOL = 256  # bytes of masking keys drawn from os.urandom at a time (64 frames)
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -99,7 +102,7 @@ class ClientProtocol:
     __slots__ = (
         "host", "resource", "subprotocols", "extra_headers", "max_message_size", "frame_path", "state",
         "subprotocol", "close_received", "close_sent", "controls", "_key", "_handshake", "_outgoing",
-        "_decoder", "_ws", "_partial", "_partial_size",
+        "_decoder", "_ws", "_partial", "_partial_size", "_keys", "_key_at",
     )  # fmt: skip
 
     def __init__(
@@ -133,6 +136,8 @@ class ClientProtocol:
         self._key = self._handshake.key  # the Sec-WebSocket-Key sent
         self._outgoing = bytearray()
         self._decoder: FrameDecoder | None = None
+        self._keys = b""  # mask keys: os.urandom, drawn a pool at a time (see _mask_key)
+        self._key_at = 0
         self._ws: wsproto.connection.Connection | None = None
         self._partial: list[str | bytes] = []
         self._partial_size = 0
@@ -219,7 +224,7 @@ class ClientProtocol:
             kind = type(item)
             if kind is Ping:
                 if self.close_sent is None:
-                    self._outgoing += encode_frame(OP_PONG, item.payload)  # type: ignore[attr-defined]
+                    self._outgoing += encode_frame(OP_PONG, item.payload, mask_key=self._mask_key())  # type: ignore[attr-defined]
             elif kind is Close:
                 self._on_peer_close(item.code, item.reason)  # type: ignore[attr-defined]
             elif kind is Failure:
@@ -250,7 +255,7 @@ class ClientProtocol:
                 return self._ws.send(wse.CloseConnection(code=wire_code, reason=reason or None))
             except wsproto.utilities.LocalProtocolError:
                 return b""
-        return encode_close(code, reason)
+        return encode_close(code, reason, mask_key=self._mask_key())
 
     def _receive_wsproto(self, data: bytes) -> list[object]:
         ws = self._ws
@@ -303,6 +308,21 @@ class ClientProtocol:
         self._outgoing.clear()
         return data
 
+    def _mask_key(self) -> bytes:
+        """A fresh 4-byte masking key (RFC 6455 5.3: unpredictable, from a strong source).
+
+        Taken from a pool of ``os.urandom`` bytes refilled 256 at a time: one
+        ``getrandom`` syscall per 64 frames instead of one per frame (~0.6 us
+        each here); the pool is made at the first frame sent, not per connection.
+        """
+        at = self._key_at
+        keys = self._keys
+        if at >= len(keys):
+            keys = self._keys = os.urandom(_KEY_POOL)
+            at = 0
+        self._key_at = at + 4
+        return keys[at : at + 4]
+
     def _check_open(self) -> None:
         if self.state is not ProtocolState.OPEN:
             raise InvalidState(f"cannot send: WebSocket is {self.state.name.lower()}")
@@ -312,7 +332,7 @@ class ClientProtocol:
         self._check_open()
         if self._ws is not None:
             return self._ws.send(wse.TextMessage(data=text))
-        return encode_frame(OP_TEXT, text.encode("utf-8"))
+        return encode_frame(OP_TEXT, text.encode("utf-8"), mask_key=self._mask_key())
 
     def send_text_utf8(self, data: bytes) -> bytes:
         """Frame ``data``, text already encoded as UTF-8 (``orjson.dumps``), as one text message.
@@ -323,14 +343,14 @@ class ClientProtocol:
         self._check_open()
         if self._ws is not None:
             return self._ws.send(wse.TextMessage(data=data.decode("utf-8")))
-        return encode_frame(OP_TEXT, data)
+        return encode_frame(OP_TEXT, data, mask_key=self._mask_key())
 
     def send_bytes(self, data: bytes) -> bytes:
         """Frame ``data`` as one binary message."""
         self._check_open()
         if self._ws is not None:
             return self._ws.send(wse.BytesMessage(data=bytes(data)))
-        return encode_frame(OP_BINARY, bytes(data))
+        return encode_frame(OP_BINARY, bytes(data), mask_key=self._mask_key())
 
     def send_ping(self, payload: bytes = b"") -> bytes:
         """A ping frame (payload at most 125 bytes)."""
@@ -339,14 +359,14 @@ class ClientProtocol:
             raise ValueError("ping payload is limited to 125 bytes")
         if self._ws is not None:
             return self._ws.send(wse.Ping(payload=payload))
-        return encode_frame(OP_PING, payload)
+        return encode_frame(OP_PING, payload, mask_key=self._mask_key())
 
     def send_pong(self, payload: bytes = b"") -> bytes:
         """An unsolicited pong frame (a heartbeat some servers accept)."""
         self._check_open()
         if self._ws is not None:
             return self._ws.send(wse.Pong(payload=payload))
-        return encode_frame(OP_PONG, payload)
+        return encode_frame(OP_PONG, payload, mask_key=self._mask_key())
 
     def send_close(self, code: int = 1000, reason: str = "") -> bytes:
         """Start the closing handshake; returns b"" when a close was already sent."""
