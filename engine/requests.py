@@ -219,13 +219,16 @@ class Requests:
             deadlines.add(deadline, pending)  # (the table's one timer expires it)
         try:
             rest = send()
-            if rest is not None:
-                with anyio.CancelScope(deadline=deadline):
-                    await rest
             if deadlines is not None:
-                await pending.done.wait()
-            elif clock() < deadline:
-                await pending.done.wait(deadline)
+                if rest is not None:
+                    with anyio.CancelScope(deadline=deadline):  # a blocked send is a timeout too
+                        await rest
+                await pending.done.wait()  # (the table's timer ends it at the deadline)
+            else:
+                with anyio.CancelScope(deadline=deadline):  # one scope: the send counts too
+                    if rest is not None:
+                        await rest
+                    await pending.done.wait()
         finally:
             self.discard(pending)
         if pending.error is not None:

@@ -15,6 +15,7 @@ one the engine reads.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import math
@@ -101,8 +102,11 @@ class _EventWaiter(Waiter):
         return self._set
 
     async def wait(self, deadline: float = math.inf) -> bool:
-        with anyio.CancelScope(deadline=deadline):
+        if deadline == math.inf:
             await self._event.wait()
+        else:
+            with anyio.CancelScope(deadline=deadline):
+                await self._event.wait()
         return self._set
 
 
@@ -201,4 +205,4 @@ def waits_for_running_loop() -> Waits:
     loop = running_asyncio_loop()
     if loop is None:
         return Waits(_EventWaiter, None)
-    return Waits(lambda: _FutureWaiter(loop), loop.call_at)
+    return Waits(functools.partial(_FutureWaiter, loop), loop.call_at)
