@@ -145,7 +145,8 @@ class Deadlines(Generic[T]):
         if deadline == math.inf:
             return
         heap = self._heap
-        if len(heap) > 2 * self._live() + 64:
+        size = len(heap)
+        if size > 64 and size > 2 * self._live() + 64:
             alive = self._alive
             heap[:] = [entry for entry in heap if alive(entry[2])]
             heapq.heapify(heap)
