@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import select
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -20,7 +21,7 @@ import pytest
 from engine import Backoff, Connection, ConnectionSetup, State
 from engine.sim import SimExchange
 from transports.base import ByteStream, InvalidURL, parse_url
-from transports.tcp import AsyncioByteStream, dial_tcp
+from transports.tcp import _HIGH_WATER, _LOW_WATER, AsyncioByteStream, dial_tcp
 
 pytestmark = pytest.mark.anyio
 
@@ -524,3 +525,154 @@ async def test_send_after_the_peer_closed_raises_broken(
         with pytest.raises(anyio.BrokenResourceError):
             await stream.send(b"x")
         assert writes == []
+
+
+# -- reading -----------------------------------------------------------------
+# What the native stream's reader promises, however the transport hands it the
+# bytes (a fresh object per read, or one buffer reused across reads and
+# connections): every byte, in order, each returned chunk keeping its contents
+# after later reads; at most ``max_bytes`` per receive; the socket paused above
+# the high-water mark and resumed below the low one; buffered bytes before EOF.
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    """``size`` bytes with no short period (a shifted or repeated slice would not match)."""
+    out = bytearray()
+    counter = seed
+    while len(out) < size:
+        out += hashlib.sha256(counter.to_bytes(8, "big")).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+async def receive_exactly(stream: ByteStream, size: int, max_bytes: int = 65536) -> list[bytes]:
+    """The chunks of ``size`` bytes as received (each at most ``max_bytes``)."""
+    chunks: list[bytes] = []
+    got = 0
+    while got < size:
+        chunk = await stream.receive(max_bytes)
+        assert type(chunk) is bytes and 0 < len(chunk) <= max_bytes
+        chunks.append(chunk)
+        got += len(chunk)
+    assert got == size
+    return chunks
+
+
+@asyncio_only
+async def test_many_reads_arrive_intact_in_order_and_stay_intact(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each piece is its own socket read; chunks already returned never change afterwards."""
+    loop = asyncio.get_running_loop()
+    async with native_stream(monkeypatch) as (stream, peer, writes):
+        pieces = [pattern(1 + (i * 37) % 3000, seed=i * 1000) for i in range(200)]
+        kept: list[tuple[bytes, bytes]] = []  # (the object received, a copy made at once)
+        for piece in pieces:
+            await loop.sock_sendall(peer, piece)
+            for chunk in await receive_exactly(stream, len(piece)):
+                kept.append((chunk, bytes(bytearray(chunk))))
+        assert b"".join(chunk for chunk, _ in kept) == b"".join(pieces)
+        assert all(chunk == copy for chunk, copy in kept)
+
+
+@asyncio_only
+async def test_two_connections_read_at_once_keep_their_own_bytes(anyio_backend: str) -> None:
+    """Reads on two connections of one loop, interleaved, never mix their bytes."""
+    loop = asyncio.get_running_loop()
+    with anyio.fail_after(10), socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        url = parse_url(f"ws://127.0.0.1:{listener.getsockname()[1]}/")
+        streams, peers = [], []
+        for _ in range(2):
+            streams.append(await dial_tcp(url))
+            peers.append((await loop.sock_accept(listener))[0])
+        payloads = [pattern(300_000, seed=1), pattern(300_000, seed=2)]
+        received: list[list[bytes]] = [[], []]
+
+        async def read(index: int) -> None:
+            received[index] = await receive_exactly(streams[index], len(payloads[index]), 7919)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read, 0)
+                tg.start_soon(read, 1)
+                for offset in range(0, 300_000, 10_000):
+                    for peer, payload in zip(peers, payloads):
+                        await loop.sock_sendall(peer, payload[offset : offset + 10_000])
+                    await asyncio.sleep(0)
+        finally:
+            for stream in streams:
+                await stream.aclose()
+            for peer in peers:
+                peer.close()
+        assert [b"".join(chunks) for chunks in received] == payloads
+
+
+@asyncio_only
+@pytest.mark.parametrize("max_bytes", [1 << 20, 65536, 4093])
+async def test_a_payload_larger_than_one_read_arrives_whole(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch, max_bytes: int
+) -> None:
+    """3 MiB + 7 bytes sent at once (many reads of up to 256 KiB), received whole and in order."""
+    loop = asyncio.get_running_loop()
+    payload = pattern(3 * 1024 * 1024 + 7)
+    async with native_stream(monkeypatch) as (stream, peer, writes):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(loop.sock_sendall, peer, payload)
+            chunks = await receive_exactly(stream, len(payload), max_bytes)
+        assert b"".join(chunks) == payload
+        assert stream._protocol.buffered == 0 and not stream._protocol.chunks
+
+
+@asyncio_only
+async def test_a_slow_reader_pauses_the_socket_then_resumes_it_below_the_low_mark(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = asyncio.get_running_loop()
+    payload = pattern(12 * 1024 * 1024)
+    async with native_stream(monkeypatch) as (stream, peer, writes):
+        protocol = stream._protocol
+        transport = stream._transport
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(loop.sock_sendall, peer, payload)  # blocks once every buffer is full
+            while not protocol.read_paused:
+                await asyncio.sleep(0.001)
+            assert not transport.is_reading()
+            assert _HIGH_WATER < protocol.buffered <= _HIGH_WATER + 256 * 1024
+            buffered = protocol.buffered
+            await asyncio.sleep(0.05)
+            assert protocol.buffered == buffered  # nothing read while paused
+            got = bytearray()
+            # Read slowly, 64 KiB at a time: paused until the low mark, and no longer.
+            while True:
+                assert protocol.read_paused and not transport.is_reading()
+                assert protocol.buffered >= _LOW_WATER
+                got += await stream.receive(65536)
+                if not protocol.read_paused:
+                    break
+                await asyncio.sleep(0)
+            assert protocol.buffered < _LOW_WATER and transport.is_reading()
+            assert len(got) >= buffered - _LOW_WATER
+            got += b"".join(await receive_exactly(stream, len(payload) - len(got), 1 << 20))
+        assert bytes(got) == payload
+
+
+@asyncio_only
+@pytest.mark.parametrize("close", ["shutdown", "close"])
+async def test_bytes_buffered_before_the_peers_eof_are_read_first(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch, close: str
+) -> None:
+    loop = asyncio.get_running_loop()
+    payload = pattern(500_000)
+    async with native_stream(monkeypatch) as (stream, peer, writes):
+        await loop.sock_sendall(peer, payload)
+        if close == "shutdown":
+            peer.shutdown(socket.SHUT_WR)
+        else:
+            peer.close()
+        while not stream._protocol.eof:  # the loop reads everything, then the EOF
+            await asyncio.sleep(0.001)
+        assert b"".join(await receive_exactly(stream, len(payload), 100_000)) == payload
+        for _ in range(2):
+            with pytest.raises(anyio.EndOfStream):
+                await stream.receive()
