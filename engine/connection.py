@@ -43,7 +43,6 @@ from engine.observe import StateListener, Transitions
 from engine.policy import Decision, DefaultPolicy, ReconnectPolicy, Retry, decide_safely
 from engine.ratelimit import Limiter, limiter_source
 from engine.requests import Requests, json_id
-from engine.waiter import waits_for_running_loop
 from engine.sending import Sending
 from engine.supervisor import supervise
 from engine.tasks import task_identity
@@ -330,7 +329,7 @@ class Connection(Sending):
             raise RuntimeError(f"{self.id}: already running ({self.state.value})")
         if self._own_clock:
             self._clock = loop_clock()
-        self._requests.bind(waits_for_running_loop())
+        self._requests.unbind()
         self._task_id = task_identity()
         self.failures = 0
         self._fire("connect")

@@ -24,7 +24,7 @@ import anyio
 import orjson
 
 from engine.errors import DuplicateRequest, RequestTimeout
-from engine.waiter import UNBOUND, Deadlines, Waiter, Waits
+from engine.waiter import Deadlines, Waiter, Waits, waits_for_running_loop
 
 __all__ = ["LatencyObserver", "Pending", "Requests", "ResponseKey", "json_id"]
 
@@ -75,7 +75,7 @@ class Requests:
 
     __slots__ = (
         "_pending", "_response_key", "marker", "_owner", "_clock", "_expired", "key_errors", "late_responses", "observer",
-        "waits", "_deadlines",
+        "_waits", "_deadlines",
     )  # fmt: skip
 
     def __init__(
@@ -105,16 +105,23 @@ class Requests:
         self.late_responses = 0
         #: ``(key, seconds)`` after every answered request
         self.observer = observer
-        self.waits = UNBOUND
+        # How waiting is done on the running backend, and (asyncio) the deadlines' one timer:
+        # found at the first request of a run (an idle connection holds neither)
+        self._waits: Waits | None = None
         self._deadlines: Deadlines[Pending] | None = None
 
-    def bind(self, waits: Waits) -> None:
-        """Wait the running backend's way (its owner calls this as it starts; see engine.waiter)."""
+    def unbind(self) -> None:
+        """A new run starts (perhaps on another loop): find the backend again at its first request."""
         if self._deadlines is not None:
             self._deadlines.close()
-        self.waits = waits
+        self._waits = self._deadlines = None
+
+    def _bind(self) -> Waits:
+        waits = self._waits = waits_for_running_loop()
         call_at = waits.call_at
-        self._deadlines = None if call_at is None else Deadlines(call_at, self._clock, self._time_out, self._waits_still, self.__len__)
+        if call_at is not None:
+            self._deadlines = Deadlines(call_at, self._clock, self._time_out, self._waits_still, self.__len__)
+        return waits
 
     def _waits_still(self, pending: Pending) -> bool:
         return self._pending.get(pending.key) is pending
@@ -159,7 +166,8 @@ class Requests:
         """Start waiting for ``key``; raises :class:`DuplicateRequest` if it is already pending."""
         if key in self._pending:
             raise DuplicateRequest(f"{self._owner}: a request with key {key!r} is already pending")
-        pending = self._pending[key] = Pending(key, expect, is_final, self.waits.new())
+        waits = self._waits or self._bind()
+        pending = self._pending[key] = Pending(key, expect, is_final, waits.new())
         return pending
 
     def discard(self, pending: Pending) -> None:

@@ -179,7 +179,7 @@ class Deadlines(Generic[T]):
 
 
 class Waits(NamedTuple):
-    """How waiting is done on the running backend (bound once per run)."""
+    """How waiting is done on the running backend (found once per run, at its first request)."""
 
     #: makes one waiter
     new: Callable[[], Waiter]
@@ -188,20 +188,11 @@ class Waits(NamedTuple):
     call_at: Callable[[float, Callable[[], None]], asyncio.TimerHandle] | None
 
 
-def _new_on_running_loop() -> Waiter:
-    loop = running_asyncio_loop()
-    return _FutureWaiter(loop) if loop is not None else _EventWaiter()
-
-
-#: before a run binds the backend's: find it per waiter, deadlines per wait
-UNBOUND = Waits(_new_on_running_loop, None)
-
-
 def waits_for_running_loop() -> Waits:
     """The running backend's :class:`Waits` (call from inside the event loop).
 
     (Finding the running asyncio loop costs a ``getpid()`` syscall on CPython
-    3.11: a connection asks once per run, not once per request.)
+    3.11: a connection asks at the first request of a run, not at every one.)
     """
     loop = running_asyncio_loop()
     if loop is None:

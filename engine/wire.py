@@ -48,7 +48,7 @@ class Wire:
 
     __slots__ = (
         "scope", "setup_scope", "stream", "proto", "caps", "gate", "last_rx", "live_since", "_end", "_limiter",
-        "_count_control", "_metered", "_try_send",
+        "_count_control", "_metered",
     )  # fmt: skip
 
     def __init__(
@@ -73,12 +73,10 @@ class Wire:
         self._count_control = count_control
         # the scopes of sends waiting for rate-limit tokens; None once the session is over
         self._metered: set[anyio.CancelScope] | None = set()
-        self._try_send: Callable[[bytes], bool] | None = None  # the stream's, if it has one
 
     def attach(self, stream: ByteStream, proto: ClientProtocol, now: float) -> None:
         self.stream, self.proto = stream, proto
         self.caps = capabilities_of(stream)
-        self._try_send = stream.try_send if self.caps.try_send else None  # type: ignore[attr-defined]
         self.last_rx = now
 
     def shut(self) -> None:
@@ -120,14 +118,13 @@ class Wire:
         this returns what finishes the send (await it; it waits as
         :meth:`write_data` does, with the tokens it already took).
         """
-        try_send = self._try_send
-        if try_send is None or not self.gate.free:
+        if not self.caps.try_send or not self.gate.free:
             return self.write_data(data, priority, weight)
         limiter = self._limiter
         if limiter is not None and not limiter.take(weight):
             return self.write_data(data, priority, weight)  # (take() took nothing)
         try:
-            if try_send(data):
+            if self.stream.try_send(data):  # type: ignore[union-attr]  # (caps come with a stream)
                 return None
         except TRANSPORT_ERRORS as exc:
             raise NotConnected(f"send failed: {describe(exc)}") from None

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from collections.abc import Callable
 
 import anyio
 from anyio.abc import ByteStream
@@ -55,7 +54,7 @@ class _StreamProtocol(asyncio.Protocol):
         "reader",
         "drain",
         "write_paused",
-        "flush",
+        "stream",
     )
 
     def __init__(self) -> None:
@@ -70,7 +69,7 @@ class _StreamProtocol(asyncio.Protocol):
         self.drain: asyncio.Future[None] | None = None
         self.write_paused = False
         #: the stream's "write what is pending now", set by the stream
-        self.flush: Callable[[], None] | None = None
+        self.stream: AsyncioByteStream | None = None  # (eof_received flushes its queued sends)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -85,11 +84,11 @@ class _StreamProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
-        if self.flush is not None:
+        if self.stream is not None:
             # The transport closes itself once we return: bytes sent before
             # the peer's EOF reached us must be written first (as they were
             # when every send wrote at once).
-            self.flush()
+            self.stream._flush()
         self._wake_reader()
         return False  # let the transport close itself
 
@@ -161,10 +160,11 @@ class AsyncioByteStream(ByteStream):
         self._protocol = protocol
         self._closing = False
         self._eof_sent = False
-        self._pending: list[bytes] = []
+        # the iteration's later sends, made at the first one queued (an idle connection has none)
+        self._pending: list[bytes] | None = None
         self._pending_size = 0
         self._flush_scheduled = False
-        protocol.flush = self._flush
+        protocol.stream = self
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         while not self._readable():
@@ -247,7 +247,10 @@ class AsyncioByteStream(ByteStream):
                 # A caller may reuse its buffer once we return, and a non-buffer
                 # must fail here, as transport.write would, not in the flush.
                 item = bytes(memoryview(item))
-            self._pending.append(item)
+            pending = self._pending
+            if pending is None:
+                pending = self._pending = []
+            pending.append(item)
             self._pending_size += len(item)
             if self._pending_size >= _FLUSH_AT:
                 self._flush()
@@ -331,7 +334,7 @@ class AsyncioByteStream(ByteStream):
             # the write buffer stays empty, so close() (FIN) is chosen as before.
             self._flush()
             self._closing = True
-            self._protocol.flush = None
+            self._protocol.stream = None
             if self._transport.get_write_buffer_size():
                 # close() would wait to flush to a peer that may never read:
                 # the socket (and a blocked writer) would outlive us.
@@ -344,9 +347,10 @@ class AsyncioByteStream(ByteStream):
     def abort(self) -> None:
         """Drop the connection at once, queued and buffered bytes unwritten: for tests and fault injection."""
         self._closing = True
-        self._pending.clear()
+        if self._pending:
+            self._pending.clear()
         self._pending_size = 0
-        self._protocol.flush = None
+        self._protocol.stream = None
         self._transport.abort()
         self._protocol._wake_reader()
         self._protocol._wake_writer()
