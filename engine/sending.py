@@ -60,6 +60,11 @@ class Sending:
             raise NotConnected(f"{self.id}: {exc}") from None
         return None if rest is None else self._finish(rest)
 
+    async def _send_frame(self, wire: Wire, frame: bytes, priority: int | None, weight: int | None) -> None:
+        rest = self._send_now(wire, frame, priority, weight)
+        if rest is not None:
+            await rest
+
     async def _finish(self, rest: Awaitable[None]) -> None:
         try:
             await rest
@@ -80,16 +85,12 @@ class Sending:
     async def send_text(self, text: str, *, weight: int | None = None, priority: int | None = None) -> None:
         """Send one text message (see :meth:`send` for ``weight`` and ``priority``)."""
         wire, proto = self._open_wire()
-        rest = self._send_now(wire, proto.send_text(text), priority, weight)
-        if rest is not None:
-            await rest
+        await self._send_frame(wire, proto.send_text(text), priority, weight)
 
     async def send_bytes(self, data: bytes, *, weight: int | None = None, priority: int | None = None) -> None:
         """Send one binary message (see :meth:`send` for ``weight`` and ``priority``)."""
         wire, proto = self._open_wire()
-        rest = self._send_now(wire, proto.send_bytes(data), priority, weight)
-        if rest is not None:
-            await rest
+        await self._send_frame(wire, proto.send_bytes(data), priority, weight)
 
     async def send(
         self,
@@ -109,16 +110,12 @@ class Sending:
         past ``setup.max_queued`` waiting sends.
         """
         wire, frame = self._frame(payload)
-        rest = self._send_now(wire, frame, priority, weight)
-        if rest is not None:
-            await rest
+        await self._send_frame(wire, frame, priority, weight)
 
     async def ping(self, payload: bytes = b"") -> None:
         """Send a protocol-level ping (the pong resets the traffic deadline)."""
         wire, proto = self._open_wire()
-        rest = self._send_now(wire, proto.send_ping(payload), Priority.CONTROL, None)
-        if rest is not None:
-            await rest
+        await self._send_frame(wire, proto.send_ping(payload), Priority.CONTROL, None)
 
     def next_id(self) -> Any:
         """The next message id of this connection: 1, 2, 3, ... by default (never reused, across

@@ -241,3 +241,31 @@ async def test_close_after_a_send_was_cut_mid_frame_does_not_raise() -> None:
         tg.cancel_scope.cancel()
     assert conn.state is State.DISCONNECTED
     assert any("interrupted mid-frame" in e.reason for e in conn.history if e.trigger == "lost")
+
+
+async def test_a_send_that_need_not_wait_goes_out_at_once_and_one_that_must_waits_its_turn() -> None:
+    """Wire.write_now (the send fast path): with room in the pipe, free tokens and nobody queued the
+    frame is written without suspending; when the pipe is full it returns what finishes the send,
+    which goes once the peer reads; while a send holds the queue, the next one queues behind it."""
+    from engine.ratelimit import RateLimit
+    from engine.wire import Wire
+    from transports.memory import memory_pair
+    from transports.websocket import ClientProtocol
+
+    client, server = memory_pair(max_buffered_chunks=1)
+    ended: list[object] = []
+    wire = Wire(anyio.CancelScope(), ended.append, limiter=RateLimit.per(1.0, 2, burst=2).limiter())
+    wire.attach(client, ClientProtocol("h"), 0.0)
+    assert wire.write_now(b"first") is None  # out, no await: the pipe had room
+    rest = wire.write_now(b"second")  # the pipe holds one chunk: this one must wait
+    assert rest is not None
+    third = wire.write_now(b"third")  # no tokens left (2 a second): waits for them, behind "second"
+    assert third is not None
+    got: list[bytes] = []
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: rest)  # type: ignore[arg-type,return-value]
+            tg.start_soon(lambda: third)  # type: ignore[arg-type,return-value]
+            for _ in range(3):
+                got.append(await server.receive())
+    assert got == [b"first", b"second", b"third"] and not ended
