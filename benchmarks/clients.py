@@ -115,6 +115,14 @@ class Client:
         raise NotImplementedError(f"{type(self).__name__} has no end-to-end benchmark")
 
 
+def _upgrade_request(port: int) -> bytes:
+    """The hand-written clients' HTTP upgrade request (a fixed key: the server is ours)."""
+    return (
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
 def request_payload(key: int) -> dict[str, Any]:
     """One request of the round-trip benchmark (~60 bytes of JSON); the echo carries its id back."""
     return {"id": key, "op": "order.status", "args": {"symbol": "BTC-USD", "order": 123456789}}
@@ -433,10 +441,7 @@ class RawSocketClient(Client):
 
             def connection_made(self, transport: Any) -> None:
                 self.transport = transport
-                transport.write(
-                    f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-                )
+                transport.write(_upgrade_request(port))
 
             def data_received(self, data: bytes) -> None:
                 if not self.upgraded:
@@ -479,10 +484,7 @@ class RawSocketClient(Client):
 
             def connection_made(self, transport: Any) -> None:
                 self.transport = transport
-                transport.write(
-                    f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-                )
+                transport.write(_upgrade_request(port))
 
             def data_received(self, data: bytes) -> None:
                 buf = self.buffer + data if self.buffer else data
