@@ -242,7 +242,8 @@ class Requests:
         if pending.error is not None:
             raise pending.error
         if not pending.done.is_set():
-            self._note_expired(pending)  # (again, if the table's timer did: the same)
+            if deadlines is None:  # (with the table's timer, only its _time_out ends a wait unanswered: noted there)
+                self._note_expired(pending)
             raise RequestTimeout(f"{self._owner}: no response to request {key!r} in time", pending.responses)
         if self.observer is not None:
             try:
