@@ -98,14 +98,18 @@ class _StreamProtocol(asyncio.Protocol):
             self.lost = exc
         else:
             self.eof = True
-        self._wake_reader()
-        self._wake_writer()
+        self._wake_both()
 
     def pause_writing(self) -> None:
         self.write_paused = True
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self._wake_writer()
+
+    def _wake_both(self) -> None:
+        """The stream is done (lost, closed or reset): the reader and a blocked writer must see it."""
+        self._wake_reader()
         self._wake_writer()
 
     def _wake_reader(self) -> None:
@@ -318,8 +322,7 @@ class AsyncioByteStream(ByteStream):
             if protocol.lost is None:
                 protocol.lost = exc
             transport.abort()
-            protocol._wake_reader()
-            protocol._wake_writer()
+            protocol._wake_both()
 
     async def send_eof(self) -> None:
         if self._transport.can_write_eof():
@@ -341,8 +344,7 @@ class AsyncioByteStream(ByteStream):
                 self._transport.abort()
             else:
                 self._transport.close()
-            self._protocol._wake_reader()
-            self._protocol._wake_writer()
+            self._protocol._wake_both()
 
     def abort(self) -> None:
         """Drop the connection at once, queued and buffered bytes unwritten: for tests and fault injection."""
@@ -352,8 +354,7 @@ class AsyncioByteStream(ByteStream):
         self._pending_size = 0
         self._protocol.stream = None
         self._transport.abort()
-        self._protocol._wake_reader()
-        self._protocol._wake_writer()
+        self._protocol._wake_both()
 
 
 async def dial_tcp(url: URL, *, ssl_context: ssl.SSLContext | None = None) -> ByteStream:
