@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 
 __all__ = [
     "OP_BINARY",
@@ -21,6 +22,7 @@ __all__ = [
     "VALID_CLOSE_CODES",
     "encode_close",
     "encode_frame",
+    "encode_masked",
     "is_valid_close_code",
     "mask_payload",
 ]
@@ -54,11 +56,15 @@ def mask_payload(payload: bytes, key: bytes) -> bytes:
     """
     if len(key) != 4:
         raise ValueError("mask key must be 4 bytes")
+    return _mask(payload, bytes(key))
+
+
+def _mask(payload: bytes, key: bytes, _from: Callable[..., int] = int.from_bytes) -> bytes:
+    """:func:`mask_payload` without its checks (``key``: 4 bytes, a ``bytes``): ~0.35 us on 80 bytes."""
     n = len(payload)
     if not n:
         return b""
-    stream = (bytes(key) * ((n + 3) >> 2))[:n]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(stream, "little")).to_bytes(n, "little")
+    return (_from(payload, "little") ^ _from((key * ((n + 3) >> 2))[:n], "little")).to_bytes(n, "little")
 
 
 def encode_frame(
@@ -78,19 +84,38 @@ def encode_frame(
     """
     if not 0 <= opcode <= 0xF:
         raise ValueError(f"opcode {opcode!r} out of range 0-15")
-    n = len(payload)
-    b0 = opcode | 0x80 if fin else opcode
-    mbit = 0x80 if mask else 0
-    if n < 126:
-        header = bytes((b0, mbit | n))
-    elif n < 0x10000:
-        header = _pack_h(b0, mbit | 126, n)
-    else:
-        header = _pack_q(b0, mbit | 127, n)
+    header = _header(opcode | 0x80 if fin else opcode, 0x80 if mask else 0, len(payload))
     if not mask:
         return header + payload
-    key = os.urandom(4) if mask_key is None else mask_key
-    return header + key + mask_payload(payload, key)
+    if mask_key is None:
+        key = os.urandom(4)
+    elif type(mask_key) is bytes and len(mask_key) == 4:
+        key = mask_key
+    else:
+        if len(mask_key) != 4:
+            raise ValueError("mask key must be 4 bytes")
+        key = bytes(mask_key)
+    return header + key + _mask(payload, key)
+
+
+def encode_masked(opcode: int, payload: bytes, key: bytes) -> bytes:
+    """:func:`encode_frame` of a final frame masked with ``key`` (4 bytes, a ``bytes``), unchecked.
+
+    What the client's data sends use: the checks and keyword handling of
+    :func:`encode_frame` are ~40 % of its cost on a small frame.
+    """
+    n = len(payload)
+    head = bytes((0x80 | opcode, 0x80 | n)) if n < 126 else _header(0x80 | opcode, 0x80, n)
+    return head + key + _mask(payload, key)
+
+
+def _header(b0: int, mbit: int, n: int) -> bytes:
+    """The first two bytes and the extended length: the shortest length encoding."""
+    if n < 126:
+        return bytes((b0, mbit | n))
+    if n < 0x10000:
+        return _pack_h(b0, mbit | 126, n)
+    return _pack_q(b0, mbit | 127, n)
 
 
 def encode_close(

@@ -43,7 +43,7 @@ import struct
 # Re-exported: ``transports.frames`` is the one import for the whole codec.
 from transports.encode import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT
 from transports.encode import VALID_CLOSE_CODES as _VALID_CLOSE_CODES
-from transports.encode import encode_close, encode_frame, is_valid_close_code, mask_payload
+from transports.encode import encode_close, encode_frame, encode_masked, is_valid_close_code, mask_payload
 from transports.events import Close, Failure, Ping, Pong
 
 __all__ = [
@@ -61,6 +61,7 @@ __all__ = [
     "Pong",
     "encode_close",
     "encode_frame",
+    "encode_masked",
     "is_valid_close_code",
     "mask_payload",
 ]

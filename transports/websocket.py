@@ -50,6 +50,7 @@ from transports.frames import (
     Pong,
     encode_close,
     encode_frame,
+    encode_masked,
     is_valid_close_code,
 )
 from transports.handshake import Accepted, ClientHandshake, Rejected
@@ -83,6 +84,9 @@ class ProtocolState(enum.IntEnum):
     OPEN = 1
     CLOSING = 2  # a close frame went one way; waiting for the other
     CLOSED = 3  # both close frames exchanged, failed, rejected, or EOF
+
+
+_OPEN = ProtocolState.OPEN  # (a module global: an enum member lookup costs more on the send path)
 
 
 class ClientProtocol:
@@ -332,7 +336,7 @@ class ClientProtocol:
         self._check_open()
         if self._ws is not None:
             return self._ws.send(wse.TextMessage(data=text))
-        return encode_frame(OP_TEXT, text.encode("utf-8"), mask_key=self._mask_key())
+        return encode_masked(OP_TEXT, text.encode("utf-8"), self._mask_key())
 
     def send_text_utf8(self, data: bytes) -> bytes:
         """Frame ``data``, text already encoded as UTF-8 (``orjson.dumps``), as one text message.
@@ -340,17 +344,17 @@ class ClientProtocol:
         Saves the decode and re-encode a ``str`` would take; the caller vouches
         that ``data`` is valid UTF-8.
         """
-        self._check_open()
-        if self._ws is not None:
-            return self._ws.send(wse.TextMessage(data=data.decode("utf-8")))
-        return encode_frame(OP_TEXT, data, mask_key=self._mask_key())
+        if self.state is not _OPEN or self._ws is not None:  # (one test on the hot path)
+            self._check_open()
+            return self._ws.send(wse.TextMessage(data=data.decode("utf-8")))  # type: ignore[union-attr]
+        return encode_masked(OP_TEXT, data, self._mask_key())
 
     def send_bytes(self, data: bytes) -> bytes:
         """Frame ``data`` as one binary message."""
         self._check_open()
         if self._ws is not None:
             return self._ws.send(wse.BytesMessage(data=bytes(data)))
-        return encode_frame(OP_BINARY, bytes(data), mask_key=self._mask_key())
+        return encode_masked(OP_BINARY, bytes(data), self._mask_key())
 
     def send_ping(self, payload: bytes = b"") -> bytes:
         """A ping frame (payload at most 125 bytes)."""
