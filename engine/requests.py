@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import orjson
 
 from engine.errors import DuplicateRequest, RequestTimeout
-from engine.waiter import Deadlines, Waiter, Waits, waits_for_running_loop
+from engine.waiter import Deadlines, Done, EventDone, Waits, finish, waits_for_running_loop
 
 __all__ = ["LatencyObserver", "Pending", "Requests", "ResponseKey", "json_id"]
 
@@ -36,6 +36,7 @@ ResponseKey = Callable[[Message], Hashable | None]
 #: ``(key, seconds)``: how long an answered request took (send to last response)
 LatencyObserver = Callable[[Hashable, float], None]
 _EXPIRED_KEPT = 1024
+W = TypeVar("W")  # what a request is sent on (the connection's wire)
 #: what an answer found by :func:`json_id` holds in its raw bytes
 JSON_ID_MARKER = b'"id"'
 
@@ -55,14 +56,22 @@ def json_id(message: Message) -> Hashable | None:
 
 
 class Pending:
-    """One waiting request: its responses so far, and the event that ends the wait."""
+    """One waiting request: its responses so far, and what ends the wait (see :class:`~engine.waiter.Done`)."""
 
     __slots__ = ("key", "expect", "is_final", "responses", "done", "error", "deadline", "started")
 
-    def __init__(self, key: Hashable, expect: int, is_final: Callable[[Message], bool] | None, done: Waiter) -> None:
+    def __init__(
+        self,
+        key: Hashable,
+        expect: int,
+        is_final: Callable[[Message], bool] | None,
+        done: Done,
+        deadline: float,
+        started: float,
+    ) -> None:
         self.key = key
-        self.deadline = float("inf")  # (set by request(): when the wait ends in a timeout)
-        self.started = 0.0  # (set by request(): when it was sent, on the clock)
+        self.deadline = deadline  # when the wait ends in a timeout, on the clock
+        self.started = started  # when it was sent, on the clock
         self.expect = expect
         self.is_final = is_final
         self.responses: list[Message] = []
@@ -130,7 +139,7 @@ class Requests:
         """``pending``'s deadline passed: an answer from now on goes to the handler (logged once)."""
         self.discard(pending)
         self._note_expired(pending)
-        pending.done.expire()
+        finish(pending.done, False)
 
     def _note_expired(self, pending: Pending) -> None:
         key, now = pending.key, self._clock()
@@ -162,14 +171,6 @@ class Requests:
         """``(key, deadline)`` of every pending request."""
         return [(p.key, p.deadline) for p in self._pending.values()]
 
-    def register(self, key: Hashable, expect: int = 1, is_final: Callable[[Message], bool] | None = None) -> Pending:
-        """Start waiting for ``key``; raises :class:`DuplicateRequest` if it is already pending."""
-        if key in self._pending:
-            raise DuplicateRequest(f"{self._owner}: a request with key {key!r} is already pending")
-        waits = self._waits or self._bind()
-        pending = self._pending[key] = Pending(key, expect, is_final, waits.new())
-        return pending
-
     def discard(self, pending: Pending) -> None:
         """Stop waiting (done, timed out or cancelled); later responses go to the handler."""
         if self._pending.get(pending.key) is pending:
@@ -200,49 +201,60 @@ class Requests:
         final = pending.is_final
         if len(pending.responses) >= pending.expect or (final is not None and _safe_final(final, message)):
             del self._pending[key]
-            pending.done.set()
+            done = pending.done
+            if not done.done():  # (a cancelled future is done too)
+                done.set_result(True)
         return True
 
     async def request(
         self,
-        send: Callable[[], Awaitable[None] | None],
+        send: Callable[[W, bytes], Awaitable[None] | None],
+        wire: W,
+        frame: bytes,
         key: Hashable,
         expect: int,
         deadline: float,
         is_final: Callable[[Message], bool] | None,
         clock: Callable[[], float],
+        started: float,
     ) -> Any:
-        """Register ``key``, ``send()``, wait for the response(s) until ``deadline`` (on ``clock``).
+        """Register ``key``, ``send(wire, frame)``, wait for the response(s) until ``deadline`` (on ``clock``).
 
-        ``send()`` sends the request: None when it is out, else an awaitable
+        ``send(wire, frame)`` sends the request: None when it is out, else an awaitable
         that finishes the send (waited for within the deadline too: a blocked
         send is a timeout). ``expect`` is a positive int (the connection's
-        ``request`` checked it).
+        ``request`` checked it); ``started`` is ``clock()`` at the call.
+        Raises :class:`DuplicateRequest` at once if ``key`` is already pending.
         """
-        pending = self.register(key, expect, is_final)
-        pending.deadline = deadline
-        pending.started = started = clock()
+        table = self._pending
+        if key in table:
+            raise DuplicateRequest(f"{self._owner}: a request with key {key!r} is already pending")
+        waits = self._waits or self._bind()
+        done = waits.new()
+        pending = table[key] = Pending(key, expect, is_final, done, deadline, started)
         deadlines = self._deadlines
-        if deadlines is not None:
-            deadlines.add(deadline, pending)  # (the table's one timer expires it)
         try:
-            rest = send()
-            if deadlines is not None:
+            rest = send(wire, frame)
+            if deadlines is not None:  # asyncio: the table's one timer ends the wait at the deadline
+                deadlines.add(deadline, pending)
                 if rest is not None:
                     with anyio.CancelScope(deadline=deadline):  # a blocked send is a timeout too
                         await rest
-                await pending.done.wait()  # (the table's timer ends it at the deadline)
+                answered = await done  # type: ignore[misc]  # (a future: True answered, False expired)
             else:
+                assert isinstance(done, EventDone)
                 with anyio.CancelScope(deadline=deadline):  # one scope: the send counts too
                     if rest is not None:
                         await rest
-                    await pending.done.wait()
+                    await done.wait()
+                answered = done.done() and done.result()
         finally:
-            self.discard(pending)
+            if table.get(key) is pending:
+                del table[key]
         if pending.error is not None:
             raise pending.error
-        if not pending.done.is_set():
-            if deadlines is None:  # (with the table's timer, only its _time_out ends a wait unanswered: noted there)
+        if not answered:
+            if deadlines is None:  # (with the table's timer, its _time_out noted it)
                 self._note_expired(pending)
             raise RequestTimeout(f"{self._owner}: no response to request {key!r} in time", pending.responses)
         if self.observer is not None:
@@ -257,7 +269,7 @@ class Requests:
         pending, self._pending = self._pending, {}
         for waiting in pending.values():
             waiting.error = error
-            waiting.done.set()
+            finish(waiting.done, True)
 
 
 def _safe_final(is_final: Callable[[Message], bool], message: Message) -> bool:

@@ -1,12 +1,12 @@
 """One-shot wake-ups with deadlines: what pending requests wait on.
 
-On asyncio a waiter is a bare future, and the deadlines of all of one
+On asyncio a request waits on a bare future, and the deadlines of all of one
 table's waiters share one timer (:class:`Deadlines`, a heap and one
 ``loop.call_at`` handle armed at the earliest): a request costs a future and
 a heap push, where an ``anyio.Event`` waited on inside an
 ``anyio.CancelScope(deadline=...)`` costs ~11 us (measured: the scope's
 enter/exit ~6 us, the event ~5 us) and a timer handle per request ~2 us.
-Under trio a waiter is exactly that event and scope (:meth:`Waiter.wait`
+Under trio it waits on exactly that event and scope (:meth:`EventDone.wait`
 with a deadline). Either way the wait is cancellable like any other await
 (anyio cancel scopes reach it), and deadlines are on the loop's clock, the
 one the engine reads.
@@ -15,112 +15,90 @@ one the engine reads.
 from __future__ import annotations
 
 import asyncio
-import functools
 import heapq
 import itertools
 import math
+from collections import deque
 from collections.abc import Callable
-from typing import Generic, NamedTuple, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 import anyio
 
 from transports.base import running_asyncio_loop
 
-__all__ = ["Deadlines", "Waiter", "Waits", "waits_for_running_loop"]
+__all__ = ["Deadlines", "Done", "EventDone", "Waits", "finish", "waits_for_running_loop"]
 
 T = TypeVar("T")
 
 
-class Waiter:
-    """Set once (:meth:`set`: True) or expired (:meth:`expire`: False); :meth:`wait` says which."""
+class Done(Protocol):
+    """What a pending request waits on: the part of :class:`asyncio.Future` it uses.
 
-    __slots__ = ()
+    On asyncio it is the loop's own future (``await`` it; the table's timer
+    expires it); under trio an :class:`EventDone`. The result says how the
+    wait ended: True answered (or failed: the request carries the error),
+    False timed out.
+    """
 
-    def set(self) -> None:
-        raise NotImplementedError
+    def done(self) -> bool: ...
 
-    def expire(self) -> None:
-        """End the wait as timed out (nothing, if it already ended)."""
-        raise NotImplementedError
+    def result(self) -> bool: ...
 
-    def is_set(self) -> bool:
-        raise NotImplementedError
-
-    async def wait(self, deadline: float = math.inf) -> bool:
-        """Wait until set (True) or expired or ``deadline`` on the loop's clock passed (False)."""
-        raise NotImplementedError
+    def set_result(self, result: bool) -> None: ...
 
 
-class _FutureWaiter(Waiter):
-    __slots__ = ("_future",)
+class EventDone:
+    """:class:`Done` on an ``anyio.Event`` (trio), waited for with :meth:`wait` and a deadline."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._future: asyncio.Future[bool] = loop.create_future()
-
-    def set(self) -> None:
-        future = self._future
-        if not future.done():
-            future.set_result(True)
-
-    def expire(self) -> None:
-        future = self._future
-        if not future.done():
-            future.set_result(False)
-
-    def is_set(self) -> bool:
-        future = self._future
-        return future.done() and not future.cancelled() and future.result()
-
-    async def wait(self, deadline: float = math.inf) -> bool:
-        future = self._future
-        if future.done():
-            return not future.cancelled() and future.result()
-        timer = None if deadline == math.inf else future.get_loop().call_at(deadline, self.expire)
-        try:
-            return await future
-        finally:
-            if timer is not None:
-                timer.cancel()
-
-
-class _EventWaiter(Waiter):
-    __slots__ = ("_event", "_set")
+    __slots__ = ("_event", "_result")
 
     def __init__(self) -> None:
         self._event = anyio.Event()
-        self._set = False
+        self._result: bool | None = None
 
-    def set(self) -> None:
-        if not self._event.is_set():
-            self._set = True
-            self._event.set()
+    def done(self) -> bool:
+        return self._result is not None
 
-    def expire(self) -> None:
-        self._event.set()  # (set() after this changes nothing)
+    def result(self) -> bool:
+        if self._result is None:
+            raise RuntimeError("not done yet")  # (as a future would)
+        return self._result
 
-    def is_set(self) -> bool:
-        return self._set
+    def set_result(self, result: bool) -> None:
+        if self._result is not None:
+            raise RuntimeError("already done")  # (as a future would: callers check done() first)
+        self._result = result
+        self._event.set()
 
     async def wait(self, deadline: float = math.inf) -> bool:
+        """Wait until done (its result) or ``deadline`` on the loop's clock passed (False)."""
         if deadline == math.inf:
             await self._event.wait()
         else:
             with anyio.CancelScope(deadline=deadline):
                 await self._event.wait()
-        return self._set
+        return bool(self._result)
+
+
+def finish(done: Done, result: bool) -> None:
+    """End the wait with ``result``, unless it already ended (answered, expired, or its task was cancelled)."""
+    if not done.done():
+        done.set_result(result)
 
 
 class Deadlines(Generic[T]):
     """One timer for many deadlines: ``expire(item)`` once an item's deadline passes, if still ``alive(item)``.
 
-    Items that stopped waiting stay in the heap until they reach its top or
-    the heap is rebuilt (when it holds over twice the live count), so adding
-    is one heap push and dropping costs nothing. The timer is armed at the
+    Deadlines that come in order (one timeout for every request: the usual
+    case) go to the end of a queue; one earlier than the queue's last goes to
+    a heap. Items that stopped waiting stay until they reach the front or the
+    entries are rebuilt (when they are over twice the live count), so adding
+    is one append and dropping costs nothing. The timer is armed at the
     earliest live deadline only: with equal timeouts it fires once per
     timeout, not once per request.
     """
 
-    __slots__ = ("_call_at", "_clock", "_expire", "_alive", "_live", "_heap", "_seq", "_timer", "_at")
+    __slots__ = ("_call_at", "_clock", "_expire", "_alive", "_live", "_queue", "_heap", "_seq", "_timer", "_at")
 
     def __init__(
         self,
@@ -134,25 +112,40 @@ class Deadlines(Generic[T]):
         self._clock = clock
         self._expire = expire
         self._alive = alive
-        self._live = live  # how many items still wait (when to rebuild the heap)
-        self._heap: list[tuple[float, int, T]] = []
-        self._seq = itertools.count()  # (ties: never compare the items themselves)
+        self._live = live  # how many items still wait (when to rebuild)
+        self._queue: deque[tuple[float, T]] = deque()  # deadlines in the order added, never decreasing
+        self._heap: list[tuple[float, int, T]] = []  # the others
+        self._seq = itertools.count()  # (heap ties: never compare the items themselves)
         self._timer: asyncio.TimerHandle | None = None
         self._at = math.inf  # when the timer fires
+
+    def __len__(self) -> int:
+        """Entries held, live or not (bounded by about twice the live count)."""
+        return len(self._queue) + len(self._heap)
 
     def add(self, deadline: float, item: T) -> None:
         """Expire ``item`` at ``deadline`` unless it stops being alive first."""
         if deadline == math.inf:
             return
-        heap = self._heap
-        size = len(heap)
+        queue = self._queue
+        if not queue or deadline >= queue[-1][0]:
+            queue.append((deadline, item))
+        else:
+            heapq.heappush(self._heap, (deadline, next(self._seq), item))
+        size = len(queue) + len(self._heap)
         if size > 64 and size > 2 * self._live() + 64:
-            alive = self._alive
-            heap[:] = [entry for entry in heap if alive(entry[2])]
-            heapq.heapify(heap)
-        heapq.heappush(heap, (deadline, next(self._seq), item))
+            self._rebuild()
         if deadline < self._at:
             self._arm(deadline)
+
+    def _rebuild(self) -> None:
+        """Drop the entries of items no longer alive (order kept)."""
+        alive = self._alive
+        self._queue = deque([entry for entry in self._queue if alive(entry[1])])
+        heap = self._heap
+        if heap:
+            heap[:] = [entry for entry in heap if alive(entry[2])]
+            heapq.heapify(heap)
 
     def _arm(self, when: float) -> None:
         if self._timer is not None:
@@ -162,29 +155,35 @@ class Deadlines(Generic[T]):
 
     def _fire(self) -> None:
         self._timer, self._at = None, math.inf
-        heap, alive, now = self._heap, self._alive, self._clock()
-        while heap and (heap[0][0] <= now or not alive(heap[0][2])):
-            _, _, item = heapq.heappop(heap)
+        queue, heap, alive, now = self._queue, self._heap, self._alive, self._clock()
+        while queue and (queue[0][0] <= now or not alive(queue[0][1])):
+            item = queue.popleft()[1]
             if alive(item):
                 self._expire(item)
-        if heap:
-            self._arm(heap[0][0])
+        while heap and (heap[0][0] <= now or not alive(heap[0][2])):
+            item = heapq.heappop(heap)[2]
+            if alive(item):
+                self._expire(item)
+        first = min(queue[0][0] if queue else math.inf, heap[0][0] if heap else math.inf)
+        if first < math.inf:
+            self._arm(first)
 
     def close(self) -> None:
         """Stop the timer and forget every deadline."""
         if self._timer is not None:
             self._timer.cancel()
         self._timer, self._at = None, math.inf
+        self._queue.clear()
         self._heap.clear()
 
 
 class Waits(NamedTuple):
     """How waiting is done on the running backend (found once per run, at its first request)."""
 
-    #: makes one waiter
-    new: Callable[[], Waiter]
-    #: ``loop.call_at`` on asyncio (deadlines share a :class:`Deadlines` timer); None: each
-    #: wait carries its own deadline (:meth:`Waiter.wait`)
+    #: makes one :class:`Done`: ``loop.create_future`` on asyncio, :class:`EventDone` under trio
+    new: Callable[[], Done]
+    #: ``loop.call_at`` on asyncio (deadlines share a :class:`Deadlines` timer, and the
+    #: future is awaited as it is); None: each wait carries its own deadline (:meth:`EventDone.wait`)
     call_at: Callable[[float, Callable[[], None]], asyncio.TimerHandle] | None
 
 
@@ -196,5 +195,5 @@ def waits_for_running_loop() -> Waits:
     """
     loop = running_asyncio_loop()
     if loop is None:
-        return Waits(_EventWaiter, None)
-    return Waits(functools.partial(_FutureWaiter, loop), loop.call_at)
+        return Waits(EventDone, None)
+    return Waits(loop.create_future, loop.call_at)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.waiter import Deadlines, waits_for_running_loop
+from engine.waiter import Deadlines, EventDone, finish, waits_for_running_loop
 
 
 class FakeLoop:
@@ -82,7 +83,7 @@ def test_deadlines_expire_exactly_the_live_items_whose_time_came(script: list[tu
                     assert when == pytest.approx(before[item])  # at its deadline, not later
             expired.clear()
             assert all(at > loop.now for at in live.values())
-        assert len(deadlines._heap) <= 2 * len(live) + 65  # dropped items do not pile up
+        assert len(deadlines) <= 2 * len(live) + 65  # dropped items do not pile up
 
 
 def test_an_infinite_deadline_arms_nothing() -> None:
@@ -94,14 +95,32 @@ def test_an_infinite_deadline_arms_nothing() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_waiter_says_whether_it_was_set_or_its_time_ran_out() -> None:
+async def test_what_a_request_waits_on_says_answered_or_expired_and_ends_once() -> None:
     waits = waits_for_running_loop()
-    answered, late, expired = waits.new(), waits.new(), waits.new()
-    answered.set()
-    assert await answered.wait(anyio.current_time() + 1) is True
+    answered, expired = waits.new(), waits.new()
+    finish(answered, True)
+    finish(answered, False)  # (too late: it stays answered)
+    finish(expired, False)
+    finish(expired, True)
+    assert answered.done() and answered.result() is True
+    assert expired.done() and expired.result() is False
+    if waits.call_at is not None:  # asyncio: the loop's own future, awaited as it is
+        assert isinstance(answered, asyncio.Future)
+        assert await answered is True  # type: ignore[misc]
+    else:
+        assert isinstance(answered, EventDone) and isinstance(expired, EventDone)
+        assert await answered.wait() is True and await expired.wait() is False
+
+
+@pytest.mark.anyio
+async def test_an_event_done_whose_deadline_passed_ends_false_without_waiting() -> None:
+    done = EventDone()
     with anyio.fail_after(5):
-        assert await late.wait(anyio.current_time() + 1) is False
-    assert not late.is_set()
-    expired.expire()
-    expired.set()  # (too late: it stays expired)
-    assert await expired.wait() is False and not expired.is_set()
+        assert await done.wait(anyio.current_time()) is False  # (the deadline is now: no wall-clock wait)
+    assert not done.done()
+    with pytest.raises(RuntimeError, match="not done"):
+        done.result()
+    done.set_result(True)
+    with pytest.raises(RuntimeError, match="already done"):
+        done.set_result(False)
+    assert await done.wait(anyio.current_time()) is True
