@@ -50,7 +50,9 @@ class Sending:
             raise NotConnected(f"{self.id}: cannot send while {self.state.value}")
         return wire, proto
 
-    def _send_now(self, wire: Wire, frame: bytes, priority: int | None, weight: int | None) -> Awaitable[None] | None:
+    def _send_now(
+        self, wire: Wire, frame: bytes, priority: int | None = None, weight: int | None = None
+    ) -> Awaitable[None] | None:
         """Send ``frame`` now if nothing makes it wait (None), else what finishes the send."""
         if priority is None:
             priority = priority_in(self._model.state)
@@ -74,6 +76,8 @@ class Sending:
     def _frame(self, payload: object) -> tuple[Wire, bytes]:
         """The open wire, and ``payload`` framed (see :meth:`send` for the types)."""
         wire, proto = self._open_wire()
+        if type(payload) is dict:  # (the usual request first: one exact type test)
+            return wire, proto.send_text_utf8(orjson.dumps(payload))
         if isinstance(payload, str):
             return wire, proto.send_text(payload)
         if isinstance(payload, (dict, list)):
@@ -147,10 +151,10 @@ class Sending:
         request's outcome is then unknown). Don't await it from inside the
         handler: the handler runs in the reader, which delivers the reply.
         """
-        if isinstance(expect, bool) or not isinstance(expect, int) or expect < 1:
+        if type(expect) is not int and (isinstance(expect, bool) or not isinstance(expect, int)) or expect < 1:
             raise ValueError(f"expect must be a positive integer, not {expect!r}")
         limit = timeout if timeout is not None else self.setup.response_max_limit * expect
         clock = self._clock
         wire, frame = self._frame(payload)
-        send_now = self._send_now
-        return await self._requests.request(lambda: send_now(wire, frame, None, None), key, expect, clock() + limit, is_final, clock)
+        now = clock()
+        return await self._requests.request(self._send_now, wire, frame, key, expect, now + limit, is_final, clock, now)
