@@ -158,12 +158,14 @@ async def _dispatch(conn: SessionHost, wire: Wire, proto: ClientProtocol, items:
     """Slow path: a read with control events or pending requests. True: the session is over."""
     messages: list[str | bytes] = []
     requests = conn._requests
+    # (asked once per read: nothing registers a request while this read is handled)
+    offer = requests.offer if requests else None
     app_ping = conn.setup.app_ping
     swallow = app_ping.reply if app_ping is not None else None
     for item in items:
         kind = type(item)
         if kind is str or kind is bytes:
-            if item == swallow or (requests and requests.offer(item)):  # type: ignore[arg-type]
+            if item == swallow or (offer is not None and offer(item)):  # type: ignore[arg-type]
                 continue
             messages.append(item)  # type: ignore[arg-type]
         elif kind is Close:
