@@ -171,6 +171,22 @@ class Requests:
         """``(key, deadline)`` of every pending request."""
         return [(p.key, p.deadline) for p in self._pending.values()]
 
+    def register(
+        self,
+        key: Hashable,
+        expect: int = 1,
+        is_final: Callable[[Message], bool] | None = None,
+        deadline: float = float("inf"),
+        started: float = 0.0,
+    ) -> Pending:
+        """Start waiting for ``key`` (no timer: :meth:`request` adds it); :class:`DuplicateRequest` if it is pending."""
+        table = self._pending
+        if key in table:
+            raise DuplicateRequest(f"{self._owner}: a request with key {key!r} is already pending")
+        waits = self._waits or self._bind()
+        pending = table[key] = Pending(key, expect, is_final, waits.new(), deadline, started)
+        return pending
+
     def discard(self, pending: Pending) -> None:
         """Stop waiting (done, timed out or cancelled); later responses go to the handler."""
         if self._pending.get(pending.key) is pending:
@@ -226,13 +242,8 @@ class Requests:
         ``request`` checked it); ``started`` is ``clock()`` at the call.
         Raises :class:`DuplicateRequest` at once if ``key`` is already pending.
         """
-        table = self._pending
-        if key in table:
-            raise DuplicateRequest(f"{self._owner}: a request with key {key!r} is already pending")
-        waits = self._waits or self._bind()
-        done = waits.new()
-        pending = table[key] = Pending(key, expect, is_final, done, deadline, started)
-        deadlines = self._deadlines
+        pending = self.register(key, expect, is_final, deadline, started)
+        done, deadlines, table = pending.done, self._deadlines, self._pending
         try:
             rest = send(wire, frame)
             if deadlines is not None:  # asyncio: the table's one timer ends the wait at the deadline
