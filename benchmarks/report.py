@@ -69,7 +69,7 @@ def render(result: dict[str, Any]) -> str:
         ),  # fmt: skip
         f"- config: {cfg['rounds']} rounds × {cfg['messages']:,} messages of ~200 B; handshake "
         f"{cfg['handshake_rounds']} × {cfg['connects']} connects; memory {cfg['memory_rounds']} × "
-        f"{cfg['connections']} idle connections",
+        f"{cfg['connections']} idle connections; round trips {cfg.get('roundtrip_rounds', cfg['memory_rounds'])} rounds",
     ]
 
     if "throughput" in result:
