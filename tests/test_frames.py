@@ -31,6 +31,7 @@ from transports.frames import (
     Pong,
     encode_close,
     encode_frame,
+    encode_masked,
     is_valid_close_code,
     mask_payload,
 )
@@ -582,6 +583,18 @@ def test_encode_frame_masked_round_trip(size: int, opcode: int) -> None:
     assert b0 == opcode and unmasked == payload
 
 
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 125, 126, 127, 65535, 65536, 70_001])
+@pytest.mark.parametrize("opcode", [OP_TEXT, OP_BINARY])
+def test_encode_masked_is_encode_frame_without_its_checks(size: int, opcode: int) -> None:
+    """The data sends' frame, with each length encoding: byte for byte what encode_frame builds."""
+    payload = bytes((k * 31 + 5) % 256 for k in range(size))
+    key = b"\x00\x80\x7f\xff"
+    frame = encode_masked(opcode, payload, key)
+    assert frame == encode_frame(opcode, payload, mask_key=key) == raw_frame(opcode, payload, mask_key=key)
+    b0, ln, got_key, unmasked = parse_client_frame(frame)
+    assert (b0, ln, got_key, unmasked) == (0x80 | opcode, size, key, payload)
+
+
 def test_encode_frame_unmasked_is_decodable() -> None:
     stream = encode_frame(OP_TEXT, "añ".encode(), fin=False, mask=False) + encode_frame(OP_CONT, b"b", mask=False)
     stream += encode_frame(OP_BINARY, b"\x00" * 70000, mask=False)
@@ -593,6 +606,12 @@ def test_encode_frame_rejects_bad_args() -> None:
         encode_frame(16, b"")
     with pytest.raises(ValueError):
         encode_frame(OP_TEXT, b"x", mask_key=b"abc")
+    with pytest.raises(ValueError):
+        encode_frame(OP_TEXT, b"x", mask_key=bytearray(b"abcde"))
+    # any 4-byte buffer is a key
+    key = b"\x01\x02\x03\x04"
+    for other in (bytearray(key), memoryview(key)):
+        assert encode_frame(OP_TEXT, b"xyz", mask_key=other) == encode_frame(OP_TEXT, b"xyz", mask_key=key)  # type: ignore[arg-type]
 
 
 def test_encoded_client_frames_accepted_by_wsproto_server() -> None:
