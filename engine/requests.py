@@ -217,9 +217,7 @@ class Requests:
         final = pending.is_final
         if len(pending.responses) >= pending.expect or (final is not None and _safe_final(final, message)):
             del self._pending[key]
-            done = pending.done
-            if not done.done():  # (a cancelled future is done too)
-                done.set_result(True)
+            finish(pending.done, True)
         return True
 
     async def request(
@@ -243,7 +241,7 @@ class Requests:
         Raises :class:`DuplicateRequest` at once if ``key`` is already pending.
         """
         pending = self.register(key, expect, is_final, deadline, started)
-        done, deadlines, table = pending.done, self._deadlines, self._pending
+        done, deadlines = pending.done, self._deadlines
         try:
             rest = send(wire, frame)
             if deadlines is not None:  # asyncio: the table's one timer ends the wait at the deadline
@@ -260,8 +258,7 @@ class Requests:
                     await done.wait()
                 answered = done.done() and done.result()
         finally:
-            if table.get(key) is pending:
-                del table[key]
+            self.discard(pending)
         if pending.error is not None:
             raise pending.error
         if not answered:
