@@ -76,12 +76,10 @@ class Sending:
     def _frame(self, payload: object) -> tuple[Wire, bytes]:
         """The open wire, and ``payload`` framed (see :meth:`send` for the types)."""
         wire, proto = self._open_wire()
-        if type(payload) is dict:  # (the usual request first: one exact type test)
+        if isinstance(payload, (dict, list)):  # (the usual request first)
             return wire, proto.send_text_utf8(orjson.dumps(payload))
         if isinstance(payload, str):
             return wire, proto.send_text(payload)
-        if isinstance(payload, (dict, list)):
-            return wire, proto.send_text_utf8(orjson.dumps(payload))
         if isinstance(payload, (bytes, bytearray, memoryview)):
             return wire, proto.send_bytes(bytes(payload))
         raise TypeError(f"cannot send {type(payload).__name__}: use str, bytes, dict or list")
