@@ -21,7 +21,7 @@ import pytest
 from engine import Backoff, Connection, ConnectionSetup, State
 from engine.sim import SimExchange
 from transports.base import ByteStream, InvalidURL, parse_url
-from transports.tcp import _HIGH_WATER, _LOW_WATER, AsyncioByteStream, dial_tcp
+from transports.tcp import _FLUSH_AT, _HIGH_WATER, _LOW_WATER, AsyncioByteStream, dial_tcp
 
 pytestmark = pytest.mark.anyio
 
@@ -226,7 +226,8 @@ async def test_the_server_reads_our_1009_when_it_keeps_writing(anyio_backend: st
 # --- the native asyncio stream coalesces one loop iteration's sends ---
 #
 # The first send of an iteration is written at once, the rest of that
-# iteration's sends in one write at the loop's next turn. Asyncio only by
+# iteration's sends in one write at the loop's next turn, or sooner, each time
+# they fill a TCP segment (``_FLUSH_AT``). Asyncio only by
 # nature (the native stream is asyncio's), so these tests pin
 # ``anyio_backend``. A plain 127.0.0.1 socket plays the peer, read by hand; a
 # spy on the transport's ``write`` records the writes. "One iteration" is
@@ -331,6 +332,34 @@ async def test_fifty_tasks_woken_together_share_two_writes(anyio_backend: str, m
         assert len(order) == 50
         assert writes == [order[0], b"".join(order[1:])]
         assert await read_exactly(peer, len(b"".join(order))) == b"".join(order)
+
+
+@asyncio_only
+async def test_sends_that_fill_a_segment_go_out_before_the_tick_ends(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of 100 request-sized frames: the first ones are on the wire while the rest are made."""
+    async with native_stream(monkeypatch) as (stream, peer, writes):
+        sent = [b"%03d" % i + b"r" * 82 for i in range(100)]  # 85 bytes, a masked ~80-byte request
+        written_when_sent = []
+        for frame in sent:
+            await stream.send(frame)
+            written_when_sent.append(sum(map(len, writes)))
+        # every segment's worth was written as soon as it was queued: no more
+        # than one segment is held back at any point (the rest waits for the turn)
+        sent_so_far = 0
+        for frame, written in zip(sent, written_when_sent):
+            sent_so_far += len(frame)
+            assert sent_so_far - _FLUSH_AT < written <= sent_so_far
+        assert writes[0] == sent[0]
+        assert all(_FLUSH_AT <= len(w) < _FLUSH_AT + 85 for w in writes[1:])
+        assert _FLUSH_AT == 1448  # one TCP segment: 18 of these frames fill it
+        assert len(writes) == 1 + 5  # the first, and five segments' worth; 9 frames wait
+        held = len(writes)
+        await asyncio.sleep(0)
+        assert len(writes) == held + 1  # the tail at the turn
+        assert b"".join(writes) == b"".join(sent)
+        assert await read_exactly(peer, len(b"".join(sent))) == b"".join(sent)
 
 
 @asyncio_only
