@@ -129,7 +129,7 @@ class Requests:
         waits = self._waits = waits_for_running_loop()
         call_at = waits.call_at
         if call_at is not None:
-            self._deadlines = Deadlines(call_at, self._clock, self._time_out, self._waits_still, self.__len__)
+            self._deadlines = Deadlines(call_at, self._clock, self._time_out, self._waits_still, self._pending)
         return waits
 
     def _waits_still(self, pending: Pending) -> bool:

@@ -19,7 +19,7 @@ import heapq
 import itertools
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from typing import Generic, NamedTuple, Protocol, TypeVar
 
 import anyio
@@ -106,13 +106,13 @@ class Deadlines(Generic[T]):
         clock: Callable[[], float],
         expire: Callable[[T], None],
         alive: Callable[[T], bool],
-        live: Callable[[], int],
+        live: Sized,
     ) -> None:
         self._call_at = call_at
         self._clock = clock
         self._expire = expire
         self._alive = alive
-        self._live = live  # how many items still wait (when to rebuild)
+        self._live = live  # its len: how many items still wait (when to rebuild)
         self._queue: deque[tuple[float, T]] = deque()  # deadlines in the order added, never decreasing
         self._heap: list[tuple[float, int, T]] = []  # the others
         self._seq = itertools.count()  # (heap ties: never compare the items themselves)
@@ -133,7 +133,7 @@ class Deadlines(Generic[T]):
         else:
             heapq.heappush(self._heap, (deadline, next(self._seq), item))
         size = len(queue) + len(self._heap)
-        if size > 64 and size > 2 * self._live() + 64:
+        if size > 64 and size > 2 * len(self._live) + 64:
             self._rebuild()
         if deadline < self._at:
             self._arm(deadline)

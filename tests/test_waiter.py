@@ -63,7 +63,7 @@ def test_deadlines_expire_exactly_the_live_items_whose_time_came(script: list[tu
     expired: list[tuple[int, float]] = []
     deadlines: Deadlines[int] = Deadlines(
         loop.call_at, lambda: loop.now, lambda item: (expired.append((item, loop.now)), live.pop(item)),
-        lambda item: item in live, lambda: len(live),
+        lambda item: item in live, live,
     )  # fmt: skip
     made = 0
     for op, arg in script:
@@ -88,7 +88,7 @@ def test_deadlines_expire_exactly_the_live_items_whose_time_came(script: list[tu
 
 def test_an_infinite_deadline_arms_nothing() -> None:
     loop = FakeLoop()
-    deadlines: Deadlines[int] = Deadlines(loop.call_at, lambda: loop.now, lambda item: None, lambda item: True, lambda: 1)
+    deadlines: Deadlines[int] = Deadlines(loop.call_at, lambda: loop.now, lambda item: None, lambda item: True, [1])
     deadlines.add(math.inf, 1)
     assert loop.armed == 0
 
