@@ -59,7 +59,10 @@ def mask_payload(payload: bytes, key: bytes) -> bytes:
     return _mask(payload, bytes(key))
 
 
-def _mask(payload: bytes, key: bytes, _from: Callable[..., int] = int.from_bytes) -> bytes:
+_from = int.from_bytes
+
+
+def _mask(payload: bytes, key: bytes) -> bytes:
     """:func:`mask_payload` without its checks (``key``: 4 bytes, a ``bytes``): ~0.35 us on 80 bytes."""
     n = len(payload)
     if not n:
@@ -106,7 +109,10 @@ def encode_masked(opcode: int, payload: bytes, key: bytes) -> bytes:
     """
     n = len(payload)
     head = bytes((0x80 | opcode, 0x80 | n)) if n < 126 else _header(0x80 | opcode, 0x80, n)
-    return head + key + _mask(payload, key)
+    if not n:
+        return head + key
+    # (_mask's XOR written out: a call is a fifth of this function's cost on a small frame)
+    return head + key + (_from(payload, "little") ^ _from((key * ((n + 3) >> 2))[:n], "little")).to_bytes(n, "little")
 
 
 def _header(b0: int, mbit: int, n: int) -> bytes:
