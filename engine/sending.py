@@ -15,9 +15,9 @@ import orjson
 from engine.config import ConnectionSetup
 from engine.errors import NotConnected
 from engine.requests import Requests
-from engine.sendqueue import Priority, priority_in
+from engine.sendqueue import Priority
 from engine.wire import Wire
-from machines.connection import ConnectionModel, State
+from machines.connection import State
 from transports.websocket import ClientProtocol, ProtocolState
 
 __all__ = ["Sending"]
@@ -34,7 +34,6 @@ class Sending:
     id: str
     setup: ConnectionSetup
     _wire: Wire | None
-    _model: ConnectionModel
     _requests: Requests
     _clock: Callable[[], float]
     _ids: Callable[[], int | str]
@@ -53,9 +52,10 @@ class Sending:
     def _send_now(
         self, wire: Wire, frame: bytes, priority: int | None = None, weight: int | None = None
     ) -> Awaitable[None] | None:
-        """Send ``frame`` now if nothing makes it wait (None), else what finishes the send."""
-        if priority is None:
-            priority = priority_in(self._model.state)
+        """Send ``frame`` now if nothing makes it wait (None), else what finishes the send.
+
+        ``priority`` None: by the connection's state (the wire asks, only if the send must queue).
+        """
         try:
             rest = wire.write_now(frame, priority, weight)
         except NotConnected as exc:

@@ -48,7 +48,7 @@ class Wire:
 
     __slots__ = (
         "scope", "setup_scope", "stream", "proto", "caps", "gate", "last_rx", "live_since", "_end", "_limiter",
-        "_count_control", "_metered",
+        "_count_control", "_metered", "_priority_now",
     )  # fmt: skip
 
     def __init__(
@@ -59,6 +59,7 @@ class Wire:
         limiter: Any = None,
         count_control: bool = True,
         max_queued: int = 10_000,
+        priority_now: Callable[[], int] = lambda: Priority.NORMAL,
     ) -> None:
         self.scope = scope
         self.setup_scope: anyio.CancelScope | None = None
@@ -71,6 +72,9 @@ class Wire:
         self._end = end  # ends the session with a cause (the connection's)
         self._limiter = limiter  # the connection's rate limit (an engine.ratelimit.Limiter), or None
         self._count_control = count_control
+        # a send's priority when it gives none (the connection's, by its state): asked
+        # only when the send must queue, as a send that goes out at once needs none
+        self._priority_now = priority_now
         # the scopes of sends waiting for rate-limit tokens; None once the session is over
         self._metered: set[anyio.CancelScope] | None = set()
 
@@ -110,25 +114,28 @@ class Wire:
                 return
             await anyio.lowlevel.cancel_shielded_checkpoint()
 
-    def write_now(self, data: bytes, priority: int = Priority.NORMAL, weight: int | None = None) -> Awaitable[None] | None:
+    def write_now(self, data: bytes, priority: int | None = None, weight: int | None = None) -> Awaitable[None] | None:
         """:meth:`write_data` without a wait when none is needed: None when ``data`` went out.
 
         It goes at once when nobody holds or waits for a turn, the tokens are
         free and the stream takes it without waiting (``try_send``); otherwise
         this returns what finishes the send (await it; it waits as
-        :meth:`write_data` does, with the tokens it already took).
+        :meth:`write_data` does, with the tokens it already took). ``priority``
+        None: the wire's ``priority_now()``.
         """
         if not self.caps.try_send or not self.gate.free:
-            return self.write_data(data, priority, weight)
+            return self.write_data(data, self._priority_now() if priority is None else priority, weight)
         limiter = self._limiter
         if limiter is not None and not limiter.take(weight):
-            return self.write_data(data, priority, weight)  # (take() took nothing)
+            # (take() took nothing)
+            return self.write_data(data, self._priority_now() if priority is None else priority, weight)
         try:
             if self.stream.try_send(data):  # type: ignore[union-attr]  # (caps come with a stream)
                 return None
         except TRANSPORT_ERRORS as exc:
             raise NotConnected(f"send failed: {describe(exc)}") from None
-        return self._write_paid(data, priority)  # the stream would wait: the peer is not reading
+        # the stream would wait: the peer is not reading
+        return self._write_paid(data, self._priority_now() if priority is None else priority)
 
     async def _write_paid(self, data: bytes, priority: int) -> None:
         try:
