@@ -22,7 +22,6 @@ from engine.causes import Cancelled, OpenTimeout, SetupFailure, UserClose
 from engine.errors import AuthenticationFailed, ConnectionClosed, ConnectionLost, NotConnected
 from engine.handshake import HandshakeFailed, close_quietly, open_websocket
 from engine.reader import read
-from engine.sendqueue import priority_in
 from engine.wire import WRITE_FAILED, Wire, describe
 from machines.connection import SESSION_STATES, State
 from transports.websocket import ProtocolState
@@ -45,9 +44,8 @@ async def run_session(conn: SessionHost) -> None:
             scope,
             conn._end_session,
             limiter=limiter,
-            count_control=limiter.rate.count_control if limiter is not None else False,
             max_queued=setup.max_queued,
-            priority_now=lambda: priority_in(conn._model.state),
+            model=conn._model,
         )
         try:
             await _open_and_run(conn, wire)

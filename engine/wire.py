@@ -10,14 +10,14 @@ makes wait waits *before* it queues, so it never holds up a pong.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
 
 from engine.causes import Cause, TransportError
 from engine.errors import ConnectionClosed, ConnectionLost, NotConnected
-from engine.sendqueue import Priority, SendQueue
+from engine.sendqueue import Priority, SendQueue, priority_in
 from transports.base import NO_CAPABILITIES, ByteStream, Capabilities, capabilities_of
 from transports.websocket import ClientProtocol
 
@@ -28,6 +28,12 @@ TRANSPORT_ERRORS = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceErro
 #: the stream broke, or the send queue was closed (ConnectionLost) or never opened (NotConnected)
 WRITE_FAILED = (*TRANSPORT_ERRORS, NotConnected, ConnectionClosed)
 _UNSENT = "the session ended before this frame was sent"
+
+
+class Stateful(Protocol):
+    """What a wire asks for a send's default priority: a state machine's model."""
+
+    state: str
 
 
 def describe(exc: BaseException) -> str:
@@ -48,7 +54,7 @@ class Wire:
 
     __slots__ = (
         "scope", "setup_scope", "stream", "proto", "caps", "gate", "last_rx", "live_since", "_end", "_limiter",
-        "_count_control", "_metered", "_priority_now",
+        "_metered", "_model",
     )  # fmt: skip
 
     def __init__(
@@ -57,9 +63,8 @@ class Wire:
         end: Callable[[Cause], None],
         *,
         limiter: Any = None,
-        count_control: bool = True,
         max_queued: int = 10_000,
-        priority_now: Callable[[], int] = lambda: Priority.NORMAL,
+        model: Stateful | None = None,
     ) -> None:
         self.scope = scope
         self.setup_scope: anyio.CancelScope | None = None
@@ -71,10 +76,10 @@ class Wire:
         self.live_since: float | None = None  # when this session went live
         self._end = end  # ends the session with a cause (the connection's)
         self._limiter = limiter  # the connection's rate limit (an engine.ratelimit.Limiter), or None
-        self._count_control = count_control
-        # a send's priority when it gives none (the connection's, by its state): asked
-        # only when the send must queue, as a send that goes out at once needs none
-        self._priority_now = priority_now
+        # whose state gives a send's priority when it names none (the connection's
+        # machine; NORMAL without one): asked only when the send must queue, as one
+        # that goes out at once needs none. (A reference: a closure cost ~200 bytes a connection.)
+        self._model = model
         # the scopes of sends waiting for rate-limit tokens; None once the session is over
         self._metered: set[anyio.CancelScope] | None = set()
 
@@ -97,7 +102,7 @@ class Wire:
 
     async def write_control(self, data: bytes) -> None:
         """A frame the protocol itself needs out (pong, close, keepalive ping): first in line."""
-        if self._limiter is not None and self._count_control:
+        if self._limiter is not None and self._limiter.rate.count_control:
             await self._limiter.acquire(1, first=True)  # counted, but never behind queued sends
         await self._write(data, Priority.CONTROL)
 
@@ -121,21 +126,26 @@ class Wire:
         free and the stream takes it without waiting (``try_send``); otherwise
         this returns what finishes the send (await it; it waits as
         :meth:`write_data` does, with the tokens it already took). ``priority``
-        None: the wire's ``priority_now()``.
+        None: by the state of the wire's ``model`` (:func:`~engine.sendqueue.priority_in`).
         """
         if not self.caps.try_send or not self.gate.free:
-            return self.write_data(data, self._priority_now() if priority is None else priority, weight)
+            return self.write_data(data, self._priority(priority), weight)
         limiter = self._limiter
         if limiter is not None and not limiter.take(weight):
             # (take() took nothing)
-            return self.write_data(data, self._priority_now() if priority is None else priority, weight)
+            return self.write_data(data, self._priority(priority), weight)
         try:
             if self.stream.try_send(data):  # type: ignore[union-attr]  # (caps come with a stream)
                 return None
         except TRANSPORT_ERRORS as exc:
             raise NotConnected(f"send failed: {describe(exc)}") from None
         # the stream would wait: the peer is not reading
-        return self._write_paid(data, self._priority_now() if priority is None else priority)
+        return self._write_paid(data, self._priority(priority))
+
+    def _priority(self, priority: int | None) -> int:
+        if priority is not None:
+            return priority
+        return Priority.NORMAL if self._model is None else priority_in(self._model.state)
 
     async def _write_paid(self, data: bytes, priority: int) -> None:
         try:
