@@ -37,7 +37,10 @@ _LOW_WATER = 1024 * 1024
 # Sends queued in one loop iteration are written as soon as they fill a TCP
 # segment (1448 bytes: Ethernet's MSS with timestamps), not at the iteration's
 # end: a burst's first frames leave while its later ones are still being made,
-# so the peer works on them meanwhile, and every write still fills a packet.
+# so the peer works on them meanwhile, and each write still fills a packet (it
+# is a segment and up to one frame more: writing *before* a frame would spill
+# over, a packet's worth and no sliver, cost ~7 % of the round-trip rate here
+# in three interleaved sittings, with ~13 % more writes).
 # (Held to the end of the iteration, 100 pipelined requests woken by one read
 # went out as one write, and client and server took turns instead of working
 # at once.)
