@@ -257,12 +257,16 @@ class Requests:
                         await rest
                     await done.wait()
                 answered = done.done() and done.result()
-        finally:
-            self.discard(pending)
+        except BaseException:
+            self.discard(pending)  # the send failed or the wait was cancelled: nobody waits any more
+            raise
+        # Whatever ended the wait took the request out of the table already (the answer, the
+        # table's timer, fail_all), except a wait that its own cancel scope ended (trio).
         if pending.error is not None:
             raise pending.error
         if not answered:
             if deadlines is None:  # (with the table's timer, its _time_out noted it)
+                self.discard(pending)
                 self._note_expired(pending)
             raise RequestTimeout(f"{self._owner}: no response to request {key!r} in time", pending.responses)
         if self.observer is not None:

@@ -190,6 +190,36 @@ async def test_pending_requests_lists_each_waiting_key_with_its_deadline() -> No
     await run_with(answering(delay=1.0), body)
 
 
+async def test_however_a_wait_ends_its_key_is_free_again() -> None:
+    """Answered, timed out or cancelled while waiting (and one that cannot be framed never
+    enters): the table keeps nothing, and the same key can be asked again at once."""
+
+    async def body(conn: Connection) -> None:
+        assert await conn.request({"id": "k"}, key="k", timeout=5) is not None  # answered
+        assert conn.pending_requests == []
+        with pytest.raises(RequestTimeout):
+            await conn.request({"id": "k", "slow": True}, key="k", timeout=0.5)  # the peer waits 2 s
+        assert conn.pending_requests == []
+        with anyio.move_on_after(0.5) as scope:
+            await conn.request({"id": "k", "slow": True}, key="k", timeout=5)  # cancelled while waiting
+        assert scope.cancelled_caught and conn.pending_requests == []
+        with pytest.raises(TypeError):
+            await conn.request({"id": "k", "bad": object()}, key="k")  # cannot be framed: never registered
+        assert conn.pending_requests == []
+        assert await conn.request({"id": "k"}, key="k", timeout=5) is not None  # and once more
+        assert conn.pending_requests == []
+
+    async def script(side: ServerSide) -> None:
+        await side.accept()
+        while (message := await side.next_message()) is not None:
+            request = orjson.loads(message)
+            if request.get("slow"):
+                await anyio.sleep(2.0)  # (virtual time) after its requester gave up: goes to the handler
+            await side.send_text(orjson.dumps({"id": request["id"]}).decode())
+
+    await run_with(script, body)
+
+
 def _req_id(calls: list[str | bytes]) -> Any:
     def response_key(message: str | bytes) -> Any:
         calls.append(message)
