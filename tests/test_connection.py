@@ -278,6 +278,29 @@ async def test_send_while_reconnecting_raises_not_connected(sim: SimExchange) ->
                 await conn.send({"op": "ping"})
 
 
+async def test_a_send_on_a_closing_websocket_raises_not_connected_naming_the_state(sim: SimExchange) -> None:
+    """The protocol refuses to frame once it has sent its close (InvalidState): every send form
+    says NotConnected, with the connection and its state, and nothing is registered or queued."""
+    with anyio.fail_after(60):
+        async with Connection(make_setup(), dialer=sim.dialer()) as conn:
+            await conn.wait_for(State.LIVE)
+            wire = conn._wire
+            assert wire is not None and wire.proto is not None
+            wire.proto.send_close()  # (as close() begins: the protocol is CLOSING, the wire still there)
+            for send in (
+                lambda: conn.send({"op": "ping"}),
+                lambda: conn.send(["ping"]),
+                lambda: conn.send("ping"),
+                lambda: conn.send(b"ping"),
+                lambda: conn.send_text("ping"),
+                lambda: conn.send_bytes(b"ping"),
+                lambda: conn.request({"id": 1}, key=1),
+            ):
+                with pytest.raises(NotConnected, match=f"{conn.id}: cannot send while live"):
+                    await send()
+            assert conn.pending_requests == [] and wire.gate.free
+
+
 # -- close() from every state ends every task ---------------------------------
 
 
