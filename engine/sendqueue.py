@@ -36,9 +36,9 @@ class Priority(enum.IntEnum):
 _BY_STATE = {"authenticating": Priority.CONTROL, "subscribing": Priority.SUBSCRIPTION}
 
 
-def priority_in(state: str, _normal: Priority = Priority.NORMAL) -> Priority:
+def priority_in(state: str) -> Priority:
     """The default priority of a send made while the connection is in ``state`` (its value)."""
-    return _BY_STATE.get(state, _normal)
+    return _BY_STATE.get(state, Priority.NORMAL)
 
 
 class _Turn:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
 
 __all__ = [
     "OP_BINARY",
