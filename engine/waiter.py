@@ -1,13 +1,14 @@
 """One-shot wake-ups with deadlines: what pending requests wait on.
 
 On asyncio a request waits on a bare future, and the deadlines of all of one
-table's waiters share one timer (:class:`Deadlines`, a heap and one
-``loop.call_at`` handle armed at the earliest): a request costs a future and
-a heap push, where an ``anyio.Event`` waited on inside an
-``anyio.CancelScope(deadline=...)`` costs ~11 us (measured: the scope's
-enter/exit ~6 us, the event ~5 us) and a timer handle per request ~2 us.
-Under trio it waits on exactly that event and scope (:meth:`EventDone.wait`
-with a deadline). Either way the wait is cancellable like any other await
+table's waiters share one timer (:class:`Deadlines`: a queue of in-order
+deadlines, a heap for the rest, and one ``loop.call_at`` handle armed at the
+earliest): a request costs a future and an append, where an ``anyio.Event``
+waited on inside an ``anyio.CancelScope(deadline=...)`` costs ~11 us
+(measured: the scope's enter/exit ~6 us, the event ~5 us) and a timer handle
+per request ~2 us. Under trio it waits on exactly that event and scope
+(:meth:`EventDone.wait` inside the request's own cancel scope, which times
+its send too). Either way the wait is cancellable like any other await
 (anyio cancel scopes reach it), and deadlines are on the loop's clock, the
 one the engine reads.
 """
@@ -183,7 +184,7 @@ class Waits(NamedTuple):
     #: makes one :class:`Done`: ``loop.create_future`` on asyncio, :class:`EventDone` under trio
     new: Callable[[], Done]
     #: ``loop.call_at`` on asyncio (deadlines share a :class:`Deadlines` timer, and the
-    #: future is awaited as it is); None: each wait carries its own deadline (:meth:`EventDone.wait`)
+    #: future is awaited as it is); None: each request waits in its own cancel scope (trio)
     call_at: Callable[[float, Callable[[], None]], asyncio.TimerHandle] | None
 
 
