@@ -7,7 +7,7 @@ register their key before the frame goes out (:mod:`engine.requests`).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any
 
 import orjson
@@ -139,7 +139,7 @@ class Sending:
         (``"uuid7"``, or your own ``() -> int | str``)."""
         return self._ids()
 
-    async def request(
+    def request(
         self,
         payload: str | bytes | dict[str, Any] | list[Any],
         *,
@@ -147,7 +147,7 @@ class Sending:
         expect: int = 1,
         timeout: float | None = None,
         is_final: Callable[[Message], bool] | None = None,
-    ) -> Any:
+    ) -> Coroutine[Any, Any, Any]:
         """Send ``payload`` and wait for the response(s) whose key is ``key``.
 
         A message answers when ``setup.response_key(message) == key`` (by
@@ -162,6 +162,12 @@ class Sending:
         :class:`~engine.errors.ConnectionLost` if the socket drops first (the
         request's outcome is then unknown). Don't await it from inside the
         handler: the handler runs in the reader, which delivers the reply.
+
+        The arguments and the payload are checked, and the frame made, when it
+        is called (a bad one raises there, :class:`~engine.errors.NotConnected`
+        too); the coroutine it returns registers the key, sends and waits.
+        (Not an ``async def`` itself: one coroutine frame less on every step
+        of a request, ~3 % of a pipelined round trip.)
         """
         if type(expect) is not int and (isinstance(expect, bool) or not isinstance(expect, int)) or expect < 1:
             raise ValueError(f"expect must be a positive integer, not {expect!r}")
@@ -169,4 +175,4 @@ class Sending:
         clock = self._clock
         wire, frame = self._frame(payload)
         now = clock()
-        return await self._requests.request(self._send_now, wire, frame, key, expect, now + limit, is_final, clock, now)
+        return self._requests.request(self._send_now, wire, frame, key, expect, now + limit, is_final, clock, now)

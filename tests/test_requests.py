@@ -220,6 +220,32 @@ async def test_however_a_wait_ends_its_key_is_free_again() -> None:
     await run_with(script, body)
 
 
+async def test_bad_arguments_raise_at_the_call_and_an_unawaited_request_does_nothing() -> None:
+    """``request`` checks and frames at the call (it returns the coroutine that registers,
+    sends and waits): a bad call raises before any await, and a request never awaited
+    registers no key and sends nothing."""
+    seen: list[Any] = []
+
+    async def body(conn: Connection) -> None:
+        with pytest.raises(ValueError, match="expect must be a positive integer"):
+            conn.request({"id": 1}, key=1, expect=0)
+        with pytest.raises(TypeError):
+            conn.request({"id": 1, "bad": object()}, key=1)
+        dropped = conn.request({"id": "dropped"}, key="dropped")
+        assert conn.pending_requests == []
+        dropped.close()  # (never awaited)
+        assert await conn.request({"id": 2}, key=2, timeout=5) is not None
+        assert seen == [2] and conn.pending_requests == []
+
+    async def script(side: ServerSide) -> None:
+        await side.accept()
+        while (message := await side.next_message()) is not None:
+            seen.append(orjson.loads(message)["id"])
+            await side.send_text(message)
+
+    await run_with(script, body)
+
+
 def _req_id(calls: list[str | bytes]) -> Any:
     def response_key(message: str | bytes) -> Any:
         calls.append(message)
