@@ -228,9 +228,9 @@ async def test_bad_arguments_raise_at_the_call_and_an_unawaited_request_does_not
 
     async def body(conn: Connection) -> None:
         with pytest.raises(ValueError, match="expect must be a positive integer"):
-            conn.request({"id": 1}, key=1, expect=0)
+            _ = conn.request({"id": 1}, key=1, expect=0)
         with pytest.raises(TypeError):
-            conn.request({"id": 1, "bad": object()}, key=1)
+            _ = conn.request({"id": 1, "bad": object()}, key=1)
         dropped = conn.request({"id": "dropped"}, key="dropped")
         assert conn.pending_requests == []
         dropped.close()  # (never awaited)
@@ -240,8 +240,9 @@ async def test_bad_arguments_raise_at_the_call_and_an_unawaited_request_does_not
     async def script(side: ServerSide) -> None:
         await side.accept()
         while (message := await side.next_message()) is not None:
-            seen.append(orjson.loads(message)["id"])
-            await side.send_text(message)
+            request = orjson.loads(message)
+            seen.append(request["id"])
+            await side.send_text(orjson.dumps(request).decode())
 
     await run_with(script, body)
 
