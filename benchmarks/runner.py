@@ -421,7 +421,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connects", type=int, help="timed connects per handshake round (default 200, quick 100)")
     p.add_argument("--memory-rounds", type=int, help="memory and manager rounds (default 3, quick 1)")
     # (round trips swing with the machine: the ratio of one round ranged 1.9-3.3x in one run of 3)
-    p.add_argument("--roundtrip-rounds", type=int, help="round-trip rounds (default 7, quick 1)")
+    p.add_argument("--roundtrip-rounds", type=int, help="round-trip rounds (default 11, quick 1)")
     p.add_argument("--connections", type=int, help="idle connections per memory run (default 1000, quick 500)")
     p.add_argument("--only", nargs="+", choices=sorted(PHASES), help="run only these phases")
     p.add_argument("--clients", nargs="+", help="run only these client ids (e.g. websockets wirestate-fast)")
@@ -434,7 +434,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "handshake_rounds": (3, 1),
         "connects": (200, 100),
         "memory_rounds": (3, 1),
-        "roundtrip_rounds": (7, 1),
+        "roundtrip_rounds": (11, 1),
         "connections": (1000, 500),
     }
     for name, (full, quick) in defaults.items():
