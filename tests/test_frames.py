@@ -595,6 +595,17 @@ def test_encode_masked_is_encode_frame_without_its_checks(size: int, opcode: int
     assert (b0, ln, got_key, unmasked) == (0x80 | opcode, size, key, payload)
 
 
+def test_encode_masked_equals_encode_frame_at_every_small_length_and_any_key() -> None:
+    """Below 126 bytes encode_masked builds the frame from tables (a header per length, the
+    key spread by a multiplication): every length and key byte pattern, as encode_frame."""
+    keys = [b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\x01\x02\x03\x04", b"\x80\x00\x00\x01"]
+    for size in range(0, 131):
+        payload = bytes((k * 131 + size) % 256 for k in range(size))
+        for key in keys:
+            for opcode in (OP_TEXT, OP_BINARY):
+                assert encode_masked(opcode, payload, key) == encode_frame(opcode, payload, mask_key=key)
+
+
 def test_encode_frame_unmasked_is_decodable() -> None:
     stream = encode_frame(OP_TEXT, "añ".encode(), fin=False, mask=False) + encode_frame(OP_CONT, b"b", mask=False)
     stream += encode_frame(OP_BINARY, b"\x00" * 70000, mask=False)

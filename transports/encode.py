@@ -107,11 +107,24 @@ def encode_masked(opcode: int, payload: bytes, key: bytes) -> bytes:
     :func:`encode_frame` are ~40 % of its cost on a small frame.
     """
     n = len(payload)
-    head = bytes((0x80 | opcode, 0x80 | n)) if n < 126 else _header(0x80 | opcode, 0x80, n)
-    if not n:
-        return head + key
+    if n < _SMALL:
+        # (the usual request) The text header comes from a table, and the key
+        # over the payload is one multiplication by 0x...0000000100000001, cut to
+        # n bytes, not a bytes repeat, a slice and a parse: ~25 % of this function.
+        head = _TEXT_HEADS[n] if opcode == OP_TEXT else bytes((0x80 | opcode, 0x80 | n))
+        spread = _from(key, "little") * _REPEAT[(n + 3) >> 2] & _LOW[n]
+        return head + key + (_from(payload, "little") ^ spread).to_bytes(n, "little")
     # (_mask's XOR written out: a call is a fifth of this function's cost on a small frame)
-    return head + key + (_from(payload, "little") ^ _from((key * ((n + 3) >> 2))[:n], "little")).to_bytes(n, "little")
+    masked = _from(payload, "little") ^ _from((key * ((n + 3) >> 2))[:n], "little")
+    return _header(0x80 | opcode, 0x80, n) + key + masked.to_bytes(n, "little")
+
+
+#: payloads below this length have a 7-bit length: encode_masked's tables cover them
+_SMALL = 126
+_TEXT_HEADS = tuple(bytes((0x80 | OP_TEXT, 0x80 | n)) for n in range(_SMALL))
+#: _REPEAT[k]: k little-endian 32-bit ones (a 4-byte key times it is the key k times)
+_REPEAT = tuple(sum(1 << (32 * i) for i in range(k)) for k in range((_SMALL + 3) // 4 + 1))
+_LOW = tuple((1 << (8 * n)) - 1 for n in range(_SMALL))
 
 
 def _header(b0: int, mbit: int, n: int) -> bytes:
