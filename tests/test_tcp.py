@@ -687,6 +687,28 @@ async def test_a_slow_reader_pauses_the_socket_then_resumes_it_below_the_low_mar
 
 
 @asyncio_only
+async def test_a_reader_that_fell_behind_takes_many_small_chunks_per_read_in_order(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small reads queued while nobody read come out joined, up to the read's size, in order."""
+    async with native_stream(monkeypatch) as (stream, peer, writes):
+        protocol = stream._protocol
+        pieces = [pattern(100 + i % 50, seed=i) for i in range(3000)]  # ~370 KB in 3,000 chunks
+        for piece in pieces:
+            protocol.data_received(piece)  # (as the transport would, with the reader busy elsewhere)
+        got: list[bytes] = []
+        for _ in range(100):  # (bounded)
+            if not protocol.chunks:
+                break
+            got.append(await stream.receive(65536))
+        assert b"".join(got) == b"".join(pieces) and protocol.buffered == 0
+        assert all(len(data) <= 65536 for data in got)
+        assert len(got) <= 8  # joined: ~370 KB in 64 KiB reads, not 3,000 reads
+        protocol.data_received(pattern(200_000, seed=7))  # one chunk larger than a read: cut
+        assert await stream.receive(65536) == pattern(200_000, seed=7)[:65536]
+
+
+@asyncio_only
 @pytest.mark.parametrize("close", ["shutdown", "close"])
 async def test_bytes_buffered_before_the_peers_eof_are_read_first(
     anyio_backend: str, monkeypatch: pytest.MonkeyPatch, close: str
