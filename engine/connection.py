@@ -157,7 +157,7 @@ class Connection(Sending):
         self._requests = Requests(
             setup.response_key or json_id,
             self.id,
-            lambda: self._clock(),  # (bound to the loop's clock at start)
+            self.now,  # (reads self._clock, bound to the loop's clock at start)
             (lambda key, took: observe(self, key, took)) if observe else None,
             marker=setup.response_marker,
         )

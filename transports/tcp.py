@@ -407,8 +407,14 @@ async def dial_tcp(url: URL, *, ssl_context: ssl.SSLContext | None = None) -> By
 
 def tcp_dialer(ssl_context: ssl.SSLContext | None = None) -> Dialer:
     """A :data:`~transports.base.Dialer` for real sockets."""
+    if ssl_context is None:
+        return _dial_default  # (shared: a closure per connection would cost ~200 bytes each)
 
     async def dial(url: URL) -> ByteStream:
         return await dial_tcp(url, ssl_context=ssl_context)
 
     return dial
+
+
+async def _dial_default(url: URL) -> ByteStream:
+    return await dial_tcp(url)
