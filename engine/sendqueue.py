@@ -73,6 +73,11 @@ class SendQueue:
         return not self.busy and self._closed is None
 
     @property
+    def closed(self) -> bool:
+        """The session is over: every send fails with :class:`ConnectionLost`."""
+        return self._closed is not None
+
+    @property
     def waiting(self) -> int:
         """Senders waiting for their turn."""
         return self._waiting

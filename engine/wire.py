@@ -80,8 +80,10 @@ class Wire:
         # machine; NORMAL without one): asked only when the send must queue, as one
         # that goes out at once needs none. (A reference: a closure cost ~200 bytes a connection.)
         self._model = model
-        # the scopes of sends waiting for rate-limit tokens; None once the session is over
-        self._metered: set[anyio.CancelScope] | None = set()
+        # the scopes of sends waiting for rate-limit tokens (made at the first such wait:
+        # an empty set is ~220 bytes on every connection); whether the session is over is
+        # the gate's state
+        self._metered: set[anyio.CancelScope] | None = None
 
     def attach(self, stream: ByteStream, proto: ClientProtocol, now: float) -> None:
         self.stream, self.proto = stream, proto
@@ -166,9 +168,11 @@ class Wire:
         await self._write_paid(data, priority)
 
     async def _wait_for_tokens(self, limiter: Any, weight: int | None) -> None:
+        if self.gate.closed:
+            raise ConnectionLost(_UNSENT)
         metered = self._metered
         if metered is None:
-            raise ConnectionLost(_UNSENT)
+            metered = self._metered = set()
         # (a cancel scope only on this slow path: ~3.5 us each on asyncio, ~6.6 on trio)
         with anyio.CancelScope() as scope:
             metered.add(scope)
