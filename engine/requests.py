@@ -117,7 +117,7 @@ class Requests:
         # How waiting is done on the running backend, and (asyncio) the deadlines' one timer:
         # found at the first request of a run (an idle connection holds neither)
         self._waits: Waits | None = None
-        self._deadlines: Deadlines[Pending] | None = None
+        self._deadlines: Deadlines[Hashable, Pending] | None = None
 
     def unbind(self) -> None:
         """A new run starts (perhaps on another loop): find the backend again at its first request."""
@@ -129,11 +129,8 @@ class Requests:
         waits = self._waits = waits_for_running_loop()
         call_at = waits.call_at
         if call_at is not None:
-            self._deadlines = Deadlines(call_at, self._clock, self._time_out, self._waits_still, self._pending)
+            self._deadlines = Deadlines(call_at, self._clock, self._time_out, self._pending)
         return waits
-
-    def _waits_still(self, pending: Pending) -> bool:
-        return self._pending.get(pending.key) is pending
 
     def _time_out(self, pending: Pending) -> None:
         """``pending``'s deadline passed: an answer from now on goes to the handler (logged once)."""
@@ -245,7 +242,7 @@ class Requests:
         try:
             rest = send(wire, frame)
             if deadlines is not None:  # asyncio: the table's one timer ends the wait at the deadline
-                deadlines.add(deadline, pending)
+                deadlines.add(deadline, key, pending)
                 if rest is not None:
                     with anyio.CancelScope(deadline=deadline):  # a blocked send is a timeout too
                         await rest

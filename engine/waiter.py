@@ -21,7 +21,7 @@ import heapq
 import itertools
 import math
 from collections import deque
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Mapping
 from typing import Generic, NamedTuple, Protocol, TypeVar
 
 import anyio
@@ -30,6 +30,7 @@ from transports.base import running_asyncio_loop
 
 __all__ = ["Deadlines", "Done", "EventDone", "Waits", "finish", "waits_for_running_loop"]
 
+K = TypeVar("K")
 T = TypeVar("T")
 
 
@@ -88,36 +89,38 @@ def finish(done: Done, result: bool) -> None:
         done.set_result(result)
 
 
-class Deadlines(Generic[T]):
-    """One timer for many deadlines: ``expire(item)`` once an item's deadline passes, if still ``alive(item)``.
+class Deadlines(Generic[K, T]):
+    """One timer for many deadlines: ``expire(item)`` once an item's deadline passes, if it is still alive.
 
-    Deadlines that come in order (one timeout for every request: the usual
-    case) go to the end of a queue; one earlier than the queue's last goes to
-    a heap. Items that stopped waiting stay until they reach the front or the
-    entries are rebuilt (when they are over twice the live count), so adding
-    is one append and dropping costs nothing. The timer is armed at the
-    earliest live deadline only: with equal timeouts it fires once per
-    timeout, not once per request.
+    An item added under ``key`` is alive while ``live`` (the table of what
+    waits, by key) still maps ``key`` to it: answered, cancelled or replaced,
+    it is not. Deadlines that come in order (one timeout for every request:
+    the usual case) go to the end of a queue; one earlier than the queue's
+    last goes to a heap. Items that stopped waiting stay until they reach the
+    front or the entries are rebuilt (when they are over twice the live
+    count), so adding is one append and dropping costs nothing. The timer is
+    armed at the earliest live deadline only: with equal timeouts it fires
+    once per timeout, not once per request.
     """
 
-    __slots__ = ("_call_at", "_clock", "_expire", "_alive", "_live", "_queue", "_heap", "_seq", "_timer", "_at")
+    __slots__ = ("_call_at", "_clock", "_expire", "_live", "_queue", "_heap", "_seq", "_timer", "_at")
 
     def __init__(
         self,
         call_at: Callable[[float, Callable[[], None]], asyncio.TimerHandle],
         clock: Callable[[], float],
         expire: Callable[[T], None],
-        alive: Callable[[T], bool],
-        live: Sized,
+        live: Mapping[K, T],
     ) -> None:
         self._call_at = call_at
         self._clock = clock
         self._expire = expire
-        self._alive = alive
-        self._live = live  # its len: how many items still wait (when to rebuild)
-        self._queue: deque[tuple[float, T]] = deque()  # deadlines in the order added, never decreasing
-        self._heap: list[tuple[float, int, T]] = []  # the others
-        self._seq = itertools.count()  # (heap ties: never compare the items themselves)
+        # (aliveness is read from the table itself, inline: a predicate
+        # function would be a Python call per entry, ~1 % of a round trip)
+        self._live = live
+        self._queue: deque[tuple[float, K, T]] = deque()  # deadlines in the order added, never decreasing
+        self._heap: list[tuple[float, int, K, T]] = []  # the others
+        self._seq = itertools.count()  # (heap ties: never compare keys or items)
         self._timer: asyncio.TimerHandle | None = None
         self._at = math.inf  # when the timer fires
 
@@ -125,15 +128,15 @@ class Deadlines(Generic[T]):
         """Entries held, live or not (bounded by about twice the live count)."""
         return len(self._queue) + len(self._heap)
 
-    def add(self, deadline: float, item: T) -> None:
-        """Expire ``item`` at ``deadline`` unless it stops being alive first."""
+    def add(self, deadline: float, key: K, item: T) -> None:
+        """Expire ``item`` at ``deadline`` unless ``live`` stops mapping ``key`` to it first."""
         if deadline == math.inf:
             return
         queue = self._queue
         if not queue or deadline >= queue[-1][0]:
-            queue.append((deadline, item))
+            queue.append((deadline, key, item))
         else:
-            heapq.heappush(self._heap, (deadline, next(self._seq), item))
+            heapq.heappush(self._heap, (deadline, next(self._seq), key, item))
         size = len(queue) + len(self._heap)
         if size > 64 and size > 2 * len(self._live) + 64:
             self._rebuild()
@@ -142,11 +145,11 @@ class Deadlines(Generic[T]):
 
     def _rebuild(self) -> None:
         """Drop the entries of items no longer alive (order kept)."""
-        alive = self._alive
-        self._queue = deque([entry for entry in self._queue if alive(entry[1])])
+        get = self._live.get
+        self._queue = deque([entry for entry in self._queue if get(entry[1]) is entry[2]])
         heap = self._heap
         if heap:
-            heap[:] = [entry for entry in heap if alive(entry[2])]
+            heap[:] = [entry for entry in heap if get(entry[2]) is entry[3]]
             heapq.heapify(heap)
 
     def _arm(self, when: float) -> None:
@@ -157,14 +160,14 @@ class Deadlines(Generic[T]):
 
     def _fire(self) -> None:
         self._timer, self._at = None, math.inf
-        queue, heap, alive, now = self._queue, self._heap, self._alive, self._clock()
-        while queue and (queue[0][0] <= now or not alive(queue[0][1])):
-            item = queue.popleft()[1]
-            if alive(item):
+        queue, heap, get, now = self._queue, self._heap, self._live.get, self._clock()
+        while queue and (queue[0][0] <= now or get(queue[0][1]) is not queue[0][2]):
+            _, key, item = queue.popleft()
+            if get(key) is item:
                 self._expire(item)
-        while heap and (heap[0][0] <= now or not alive(heap[0][2])):
-            item = heapq.heappop(heap)[2]
-            if alive(item):
+        while heap and (heap[0][0] <= now or get(heap[0][2]) is not heap[0][3]):
+            _, _, key, item = heapq.heappop(heap)
+            if get(key) is item:
                 self._expire(item)
         first = min(queue[0][0] if queue else math.inf, heap[0][0] if heap else math.inf)
         if first < math.inf:

@@ -60,19 +60,28 @@ ops = st.lists(
 def test_deadlines_expire_exactly_the_live_items_whose_time_came(script: list[tuple[str, Any]]) -> None:
     loop = FakeLoop()
     live: dict[int, float] = {}  # item -> deadline (the model)
+    table: dict[str, int] = {}  # key -> item: what Deadlines reads (alive while it maps the key to the item)
+    key_of: dict[int, str] = {}
     expired: list[tuple[int, float]] = []
-    deadlines: Deadlines[int] = Deadlines(
-        loop.call_at, lambda: loop.now, lambda item: (expired.append((item, loop.now)), live.pop(item)),
-        lambda item: item in live, live,
-    )  # fmt: skip
+
+    def expire(item: int) -> None:
+        expired.append((item, loop.now))
+        live.pop(item)
+        del table[key_of[item]]
+
+    deadlines: Deadlines[str, int] = Deadlines(loop.call_at, lambda: loop.now, expire, table)
     made = 0
     for op, arg in script:
         if op == "add":
-            live[made] = loop.now + arg
-            deadlines.add(loop.now + arg, made)
+            # a few keys come back once free (a new item under an old key: the old entry is dead)
+            key = f"k{made % 5}" if f"k{made % 5}" not in table else f"u{made}"
+            live[made], key_of[made], table[key] = loop.now + arg, key, made
+            deadlines.add(loop.now + arg, key, made)
             made += 1
         elif op == "drop" and live:
-            live.pop(sorted(live)[arg % len(live)])
+            item = sorted(live)[arg % len(live)]
+            live.pop(item)
+            del table[key_of[item]]
         elif op == "advance":
             before = dict(live)
             loop.advance(loop.now + arg)
@@ -86,10 +95,26 @@ def test_deadlines_expire_exactly_the_live_items_whose_time_came(script: list[tu
         assert len(deadlines) <= 2 * len(live) + 65  # dropped items do not pile up
 
 
+def test_a_new_item_under_an_old_key_keeps_its_own_deadline() -> None:
+    """The table maps the key to another item now (the request was answered and the key
+    asked again): the old entry is dead, and the new item expires at its own time only."""
+    loop = FakeLoop()
+    table: dict[str, str] = {"k": "first"}
+    expired: list[tuple[str, float]] = []
+    deadlines: Deadlines[str, str] = Deadlines(loop.call_at, lambda: loop.now, lambda item: expired.append((item, loop.now)), table)
+    deadlines.add(10.0, "k", "first")
+    table["k"] = "second"  # (first answered; the same key asked again)
+    deadlines.add(50.0, "k", "second")
+    loop.advance(20.0)
+    assert expired == []
+    loop.advance(60.0)
+    assert expired == [("second", 50.0)]
+
+
 def test_an_infinite_deadline_arms_nothing() -> None:
     loop = FakeLoop()
-    deadlines: Deadlines[int] = Deadlines(loop.call_at, lambda: loop.now, lambda item: None, lambda item: True, [1])
-    deadlines.add(math.inf, 1)
+    deadlines: Deadlines[str, int] = Deadlines(loop.call_at, lambda: loop.now, lambda item: None, {"k": 1})
+    deadlines.add(math.inf, "k", 1)
     assert loop.armed == 0
 
 
