@@ -316,7 +316,8 @@ def test_masking_keys_come_from_os_urandom_a_pool_at_a_time_and_differ(monkeypat
     monkeypatch.setattr(websocket.os, "urandom", counting)
     keys = []
     for i in range(200):
-        frame = proto.send_text(f"message {i}")
+        # (both ways a key is taken: send_text through _mask_key, send_text_utf8 inline)
+        frame = proto.send_text(f"message {i}") if i % 3 else proto.send_text_utf8(f"message {i}".encode())
         assert frame[1] & 0x80  # masked
         key, body = frame[2:6], frame[6:]
         assert mask_payload(body, key) == f"message {i}".encode()

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import wsproto.connection
 import wsproto.events as wse
@@ -56,6 +56,8 @@ from transports.frames import (
 from transports.handshake import Accepted, ClientHandshake, Rejected
 
 _KEY_POOL = 64  # bytes of masking keys drawn from os.urandom at a time (16 frames)
+_KEY_SLICES = tuple(slice(at, at + 4) for at in range(0, _KEY_POOL, 4))
+_NO_KEYS: Iterator[bytes] = iter(())  # (shared and exhausted: nothing made before the first frame)
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -106,7 +108,7 @@ class ClientProtocol:
     __slots__ = (
         "host", "resource", "subprotocols", "extra_headers", "max_message_size", "frame_path", "state",
         "subprotocol", "close_received", "close_sent", "controls", "_key", "_handshake", "_outgoing",
-        "_decoder", "_ws", "_partial", "_partial_size", "_keys", "_key_at",
+        "_decoder", "_ws", "_partial", "_partial_size", "_keys",
     )  # fmt: skip
 
     def __init__(
@@ -140,8 +142,7 @@ class ClientProtocol:
         self._key = self._handshake.key  # the Sec-WebSocket-Key sent
         self._outgoing = bytearray()
         self._decoder: FrameDecoder | None = None
-        self._keys = b""  # mask keys: os.urandom, drawn a pool at a time (see _mask_key)
-        self._key_at = 0
+        self._keys = _NO_KEYS  # mask keys: os.urandom, drawn a pool at a time (see _mask_key)
         self._ws: wsproto.connection.Connection | None = None
         self._partial: list[str | bytes] = []
         self._partial_size = 0
@@ -318,14 +319,14 @@ class ClientProtocol:
         Taken from a pool of ``os.urandom`` bytes refilled 64 at a time: one
         ``getrandom`` syscall per 16 frames instead of one per frame (~0.6 us
         each here); the pool is made at the first frame sent, not per connection.
+        The pool is an iterator of its 4-byte keys: the hot path takes one with
+        ``next(self._keys, None)`` (a C call) and comes here only to refill.
         """
-        at = self._key_at
-        keys = self._keys
-        if at >= len(keys):
-            keys = self._keys = os.urandom(_KEY_POOL)
-            at = 0
-        self._key_at = at + 4
-        return keys[at : at + 4]
+        key = next(self._keys, None)
+        if key is None:
+            keys = self._keys = map(os.urandom(_KEY_POOL).__getitem__, _KEY_SLICES)
+            key = next(keys)
+        return key
 
     def _check_open(self) -> None:
         if self.state is not ProtocolState.OPEN:
@@ -347,7 +348,7 @@ class ClientProtocol:
         if self.state is not _OPEN or self._ws is not None:  # (one test on the hot path)
             self._check_open()
             return self._ws.send(wse.TextMessage(data=data.decode("utf-8")))  # type: ignore[union-attr]
-        return encode_masked(OP_TEXT, data, self._mask_key())
+        return encode_masked(OP_TEXT, data, next(self._keys, None) or self._mask_key())
 
     def send_bytes(self, data: bytes) -> bytes:
         """Frame ``data`` as one binary message."""
