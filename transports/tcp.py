@@ -231,11 +231,11 @@ class AsyncioByteStream(ByteStream):
         chunks = protocol.chunks
         data = chunks[0]
         size = len(data)
-        if size >= max_bytes or len(chunks) == 1:
+        if size > max_bytes:
+            chunks[0] = data[max_bytes:]  # (the rest stays first, in place)
+            data = data[:max_bytes]
+        elif size == max_bytes or len(chunks) == 1:
             del chunks[0]
-            if size > max_bytes:
-                chunks.insert(0, data[max_bytes:])
-                data = data[:max_bytes]
         else:
             # The reader fell behind (a slow handler, a full stream) while small
             # reads queued: take as many as fit, so draining n chunks costs n/k
