@@ -134,6 +134,40 @@ async def test_disconnect_fails_every_queued_send_with_connection_lost() -> None
     assert outcomes.count("lost") >= 45 and set(outcomes) <= {"lost", "NotConnected"}
 
 
+async def test_close_with_sends_queued_behind_the_rate_limit_settles_each_within_close_timeout() -> None:
+    """close() while 20 sends wait for a 2-per-second limit: it returns within close_timeout, and
+    every send came back either sent (the exchange got exactly those) or with ConnectionLost."""
+    outcomes: dict[int, str] = {}
+
+    async def send(conn: Connection, i: int) -> None:
+        try:
+            await conn.send({"op": "note", "id": i})
+            outcomes[i] = "sent"
+        except ConnectionLost:
+            outcomes[i] = "lost"
+        except Exception as exc:  # noqa: BLE001 - recorded: the test says which kind
+            outcomes[i] = type(exc).__name__
+
+    async with SimExchange() as sim:
+        setup = setup_for(url="ws://sim.test/ws", rate_limit=RateLimit.per(1.0, 2), close_timeout=3.0)
+        with anyio.fail_after(60):
+            async with Connection(setup, dialer=sim.dialer()) as conn:
+                await conn.wait_for(State.LIVE)
+                async with anyio.create_task_group() as senders:
+                    for i in range(20):
+                        senders.start_soon(send, conn, i)
+                    await anyio.sleep(1.2)  # three out, the rest queued behind the limit
+                    started = anyio.current_time()
+                    await conn.close()
+                    took = anyio.current_time() - started
+                    assert conn.state is State.DISCONNECTED
+    assert took <= 3.0 + 0.01
+    assert len(outcomes) == 20 and set(outcomes.values()) <= {"sent", "lost"}  # none vanished, none hung
+    received = {orjson.loads(text)["id"] for _, text in sim.log[0] if orjson.loads(text).get("op") == "note"}
+    assert received == {i for i, outcome in outcomes.items() if outcome == "sent"}
+    assert 3 <= len(received) < 20, (took, outcomes)
+
+
 async def test_two_per_second_the_third_send_of_a_burst_waits_half_a_second() -> None:
     async with SimExchange() as sim:
         setup = setup_for(url="ws://sim.test/ws", rate_limit=RateLimit.per(1.0, 2))
