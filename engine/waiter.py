@@ -161,13 +161,22 @@ class Deadlines(Generic[K, T]):
     def _fire(self) -> None:
         self._timer, self._at = None, math.inf
         queue, heap, get, now = self._queue, self._heap, self._live.get, self._clock()
-        while queue and (queue[0][0] <= now or get(queue[0][1]) is not queue[0][2]):
-            _, key, item = queue.popleft()
-            if get(key) is item:
+        # Pop from the front what is due or dead (each tested once); expire what is due and alive.
+        while queue:
+            deadline, key, item = queue[0]
+            alive = get(key) is item
+            if alive and deadline > now:
+                break
+            queue.popleft()
+            if alive:
                 self._expire(item)
-        while heap and (heap[0][0] <= now or get(heap[0][2]) is not heap[0][3]):
-            _, _, key, item = heapq.heappop(heap)
-            if get(key) is item:
+        while heap:
+            deadline, _, key, item = heap[0]
+            alive = get(key) is item
+            if alive and deadline > now:
+                break
+            heapq.heappop(heap)
+            if alive:
                 self._expire(item)
         first = min(queue[0][0] if queue else math.inf, heap[0][0] if heap else math.inf)
         if first < math.inf:
